@@ -10,12 +10,12 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/gateway/v1/delivery_service.proto.
  */
 export const file_parley_gateway_v1_delivery_service: GenFile = /*@__PURE__*/
-  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSJTCg5EZWxpdmVyUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIUCgxzZXJ2ZXJfZnJhbWUYAiABKAwSGQoRZXhjbHVkZV9kZXZpY2VfaWQYAyABKAkiRQoPRGVsaXZlclJlc3BvbnNlEhkKEWRlbGl2ZXJlZF9kZXZpY2VzGAEgASgNEhcKD2Fic2VudF91c2VyX2lkcxgCIAMoCTJjCg9EZWxpdmVyeVNlcnZpY2USUAoHRGVsaXZlchIhLnBhcmxleS5nYXRld2F5LnYxLkRlbGl2ZXJSZXF1ZXN0GiIucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSJNCghFbnZlbG9wZRIQCgh1c2VyX2lkcxgBIAMoCRIUCgxzZXJ2ZXJfZnJhbWUYAiABKAwSGQoRZXhjbHVkZV9kZXZpY2VfaWQYAyABKAkiQAoORGVsaXZlclJlcXVlc3QSLgoJZW52ZWxvcGVzGAEgAygLMhsucGFybGV5LmdhdGV3YXkudjEuRW52ZWxvcGUiRAoPRGVsaXZlclJlc3BvbnNlEhgKEGRlbGl2ZXJlZF9mcmFtZXMYASABKA0SFwoPYWJzZW50X3VzZXJfaWRzGAIgAygJMmMKD0RlbGl2ZXJ5U2VydmljZRJQCgdEZWxpdmVyEiEucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlcXVlc3QaIi5wYXJsZXkuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2ViBnByb3RvMw");
 
 /**
- * @generated from message parley.gateway.v1.DeliverRequest
+ * @generated from message parley.gateway.v1.Envelope
  */
-export type DeliverRequest = Message<"parley.gateway.v1.DeliverRequest"> & {
+export type Envelope = Message<"parley.gateway.v1.Envelope"> & {
   /**
    * @generated from field: repeated string user_ids = 1;
    */
@@ -38,25 +38,43 @@ export type DeliverRequest = Message<"parley.gateway.v1.DeliverRequest"> & {
 };
 
 /**
+ * Describes the message parley.gateway.v1.Envelope.
+ * Use `create(EnvelopeSchema)` to create a new message.
+ */
+export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
+  messageDesc(file_parley_gateway_v1_delivery_service, 0);
+
+/**
+ * @generated from message parley.gateway.v1.DeliverRequest
+ */
+export type DeliverRequest = Message<"parley.gateway.v1.DeliverRequest"> & {
+  /**
+   * @generated from field: repeated parley.gateway.v1.Envelope envelopes = 1;
+   */
+  envelopes: Envelope[];
+};
+
+/**
  * Describes the message parley.gateway.v1.DeliverRequest.
  * Use `create(DeliverRequestSchema)` to create a new message.
  */
 export const DeliverRequestSchema: GenMessage<DeliverRequest> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_delivery_service, 0);
+  messageDesc(file_parley_gateway_v1_delivery_service, 1);
 
 /**
  * @generated from message parley.gateway.v1.DeliverResponse
  */
 export type DeliverResponse = Message<"parley.gateway.v1.DeliverResponse"> & {
   /**
-   * Number of device connections the frame was written to.
+   * Number of frames written to device connections.
    *
-   * @generated from field: uint32 delivered_devices = 1;
+   * @generated from field: uint32 delivered_frames = 1;
    */
-  deliveredDevices: number;
+  deliveredFrames: number;
 
   /**
-   * Users with no connection on this gateway (a stale registry entry).
+   * Users named in an envelope with no connection on this gateway (a stale
+   * registry entry).
    *
    * @generated from field: repeated string absent_user_ids = 2;
    */
@@ -68,7 +86,7 @@ export type DeliverResponse = Message<"parley.gateway.v1.DeliverResponse"> & {
  * Use `create(DeliverResponseSchema)` to create a new message.
  */
 export const DeliverResponseSchema: GenMessage<DeliverResponse> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_delivery_service, 1);
+  messageDesc(file_parley_gateway_v1_delivery_service, 2);
 
 /**
  * Served by every gateway on its internal port; routers call it directly.
@@ -77,8 +95,9 @@ export const DeliverResponseSchema: GenMessage<DeliverResponse> = /*@__PURE__*/
  */
 export const DeliveryService: GenService<{
   /**
-   * Writes one pre-encoded frame to every connected device of the given users on
-   * this gateway (except `exclude_device_id`).
+   * Writes each envelope's pre-encoded frame to every connected device of its users
+   * on this gateway, envelopes in order. A router keeps at most one Deliver in flight
+   * per gateway and batches what accumulates meanwhile, so order is kept.
    *
    * @generated from rpc parley.gateway.v1.DeliveryService.Deliver
    */
