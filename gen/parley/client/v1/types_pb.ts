@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file parley/client/v1/types.proto.
  */
 export const file_parley_client_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChxwYXJsZXkvY2xpZW50L3YxL3R5cGVzLnByb3RvEhBwYXJsZXkuY2xpZW50LnYxIm8KBFVzZXISDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAixgEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KA3NlcRgCIAEoBEICMAISEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi6QEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMAoEa2luZBgCIAEoDjIiLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uS2luZBISCgptZW1iZXJfaWRzGAMgAygJEhQKCGxhc3Rfc2VxGAQgASgEQgIwAhIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsYXN0X2FjdGl2aXR5X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpwChBDb252ZXJzYXRpb25LaW5kEiEKHUNPTlZFUlNBVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYQ09OVkVSU0FUSU9OX0tJTkRfRElSRUNUEAESGwoXQ09OVkVSU0FUSU9OX0tJTkRfR1JPVVAQAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxwYXJsZXkvY2xpZW50L3YxL3R5cGVzLnByb3RvEhBwYXJsZXkuY2xpZW50LnYxIm8KBFVzZXISDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiwgEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEhEKCXNlbmRlcl9pZBgEIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAUgASgJEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSDAoEYm9keRgHIAEoCRIrCgdzZW50X2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLlAQoMQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIwCgRraW5kGAIgASgOMiIucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb25LaW5kEhIKCm1lbWJlcl9pZHMYAyADKAkSEAoIbGFzdF9zZXEYBCABKAQSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGFzdF9hY3Rpdml0eV9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A registered account, as other users see it.
@@ -61,7 +61,7 @@ export type Message = Message$1<"parley.client.v1.Message"> & {
   conversationId: string;
 
   /**
-   * @generated from field: uint64 seq = 2 [jstype = JS_NUMBER];
+   * @generated from field: uint64 seq = 2;
    */
   seq: bigint;
 
@@ -125,7 +125,7 @@ export type Conversation = Message$1<"parley.client.v1.Conversation"> & {
   /**
    * Sequence number of the newest message; 0 when the conversation is empty.
    *
-   * @generated from field: uint64 last_seq = 4 [jstype = JS_NUMBER];
+   * @generated from field: uint64 last_seq = 4;
    */
   lastSeq: bigint;
 

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/notify/v1/notify_service.proto.
  */
 export const file_parley_notify_v1_notify_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvbm90aWZ5L3YxL25vdGlmeV9zZXJ2aWNlLnByb3RvEhBwYXJsZXkubm90aWZ5LnYxIooBChROb3RpZnlPZmZsaW5lUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDwoDc2VxGAMgASgEQgIwAhISCgptZXNzYWdlX2lkGAQgASgJEhEKCXNlbmRlcl9pZBgFIAEoCRIPCgdwcmV2aWV3GAYgASgJIicKFU5vdGlmeU9mZmxpbmVSZXNwb25zZRIOCgZxdWV1ZWQYASABKA0ycQoNTm90aWZ5U2VydmljZRJgCg1Ob3RpZnlPZmZsaW5lEiYucGFybGV5Lm5vdGlmeS52MS5Ob3RpZnlPZmZsaW5lUmVxdWVzdBonLnBhcmxleS5ub3RpZnkudjEuTm90aWZ5T2ZmbGluZVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CiVwYXJsZXkvbm90aWZ5L3YxL25vdGlmeV9zZXJ2aWNlLnByb3RvEhBwYXJsZXkubm90aWZ5LnYxIoYBChROb3RpZnlPZmZsaW5lUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEhIKCm1lc3NhZ2VfaWQYBCABKAkSEQoJc2VuZGVyX2lkGAUgASgJEg8KB3ByZXZpZXcYBiABKAkiJwoVTm90aWZ5T2ZmbGluZVJlc3BvbnNlEg4KBnF1ZXVlZBgBIAEoDTJxCg1Ob3RpZnlTZXJ2aWNlEmAKDU5vdGlmeU9mZmxpbmUSJi5wYXJsZXkubm90aWZ5LnYxLk5vdGlmeU9mZmxpbmVSZXF1ZXN0GicucGFybGV5Lm5vdGlmeS52MS5Ob3RpZnlPZmZsaW5lUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message parley.notify.v1.NotifyOfflineRequest
@@ -27,7 +27,7 @@ export type NotifyOfflineRequest = Message<"parley.notify.v1.NotifyOfflineReques
   conversationId: string;
 
   /**
-   * @generated from field: uint64 seq = 3 [jstype = JS_NUMBER];
+   * @generated from field: uint64 seq = 3;
    */
   seq: bigint;
 

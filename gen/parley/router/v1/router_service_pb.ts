@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/router/v1/router_service.proto.
  */
 export const file_parley_router_v1_router_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIngKC1NlbmRSZXF1ZXN0EhEKCXNlbmRlcl9pZBgBIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJEgwKBGJvZHkYBSABKAkijAEKDFNlbmRSZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoDc2VxGAIgASgEQgIwAhISCgptZXNzYWdlX2lkGAMgASgJEisKB3NlbnRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWR1cGxpY2F0ZRgFIAEoCDJWCg1Sb3V0ZXJTZXJ2aWNlEkUKBFNlbmQSHS5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXF1ZXN0Gh4ucGFybGV5LnJvdXRlci52MS5TZW5kUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIngKC1NlbmRSZXF1ZXN0EhEKCXNlbmRlcl9pZBgBIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJEgwKBGJvZHkYBSABKAkiiAEKDFNlbmRSZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhIKCm1lc3NhZ2VfaWQYAyABKAkSKwoHc2VudF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZHVwbGljYXRlGAUgASgIMlYKDVJvdXRlclNlcnZpY2USRQoEU2VuZBIdLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlcXVlc3QaHi5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message parley.router.v1.SendRequest
@@ -61,7 +61,7 @@ export type SendResponse = Message<"parley.router.v1.SendResponse"> & {
   conversationId: string;
 
   /**
-   * @generated from field: uint64 seq = 2 [jstype = JS_NUMBER];
+   * @generated from field: uint64 seq = 2;
    */
   seq: bigint;
 

@@ -1,0 +1,18 @@
+import { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
+import { runServiceProcess } from "../../../lib/service-main.js";
+import { loadConfig } from "./config.js";
+import { GroupsContext } from "./context.js";
+import { groupsRoutes } from "./routes.js";
+
+const cfg = loadConfig(process.env);
+await runServiceProcess({
+  name: "groups",
+  host: cfg.host,
+  port: cfg.port,
+  logLevel: cfg.logLevel,
+  services: [GroupsService],
+  async start(logger) {
+    const ctx = await GroupsContext.fromConfig(cfg, { logger });
+    return { routes: groupsRoutes(ctx), close: () => ctx.close() };
+  },
+});

@@ -1,0 +1,18 @@
+import { PresenceService } from "../../../gen/parley/presence/v1/presence_service_pb.js";
+import { runServiceProcess } from "../../../lib/service-main.js";
+import { loadConfig } from "./config.js";
+import { PresenceContext } from "./context.js";
+import { presenceRoutes } from "./routes.js";
+
+const cfg = loadConfig(process.env);
+await runServiceProcess({
+  name: "presence",
+  host: cfg.host,
+  port: cfg.port,
+  logLevel: cfg.logLevel,
+  services: [PresenceService],
+  async start(logger) {
+    const ctx = await PresenceContext.fromConfig(cfg, { logger });
+    return { routes: presenceRoutes(ctx), close: () => ctx.close() };
+  },
+});

@@ -1,0 +1,21 @@
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { PresenceState, type GetPresenceRequest } from "../../../../gen/parley/presence/v1/presence_service_pb.js";
+import { invalid, requireUuid } from "../../../../lib/validate.js";
+import type { PresenceContext } from "../context.js";
+
+export const MAX_PRESENCE_USERS = 1000;
+
+export function getPresence(ctx: PresenceContext) {
+  return async (req: GetPresenceRequest) => {
+    if (req.userIds.length > MAX_PRESENCE_USERS) throw invalid("user_ids", `at most ${MAX_PRESENCE_USERS} users per call`);
+    for (const id of req.userIds) requireUuid("user_ids", id);
+    const presences = await ctx.store.get(req.userIds, ctx.clock());
+    return {
+      presences: presences.map((p) => ({
+        userId: p.userId,
+        state: p.state === "online" ? PresenceState.ONLINE : PresenceState.OFFLINE,
+        lastSeenAt: p.lastSeenMs ? timestampFromMs(p.lastSeenMs) : undefined,
+      })),
+    };
+  };
+}

@@ -1,0 +1,91 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
+import { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
+import { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
+import type { Discovery } from "../../../lib/discovery/discovery.js";
+import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
+import { createLogger, type Logger } from "../../../lib/logger.js";
+import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
+import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
+import type { RouterConfig } from "./config.js";
+import { FanOut } from "./fan-out.js";
+import { MembershipCache } from "./membership-cache.js";
+
+/** How the router reaches its peers; the one-process platform passes in-process transports. */
+export interface RouterOverrides {
+  groups?: OwnedTransport;
+  messagestore?: OwnedTransport;
+  notify?: OwnedTransport;
+  /** The transport to a gateway's internal port. Default: gRPC over HTTP/2 to its URL. */
+  dialGateway?: (url: string, gatewayId: string) => OwnedTransport;
+  registry?: ConnectionRegistry;
+  discovery?: Discovery;
+  clock?: () => number;
+  logger?: Logger;
+}
+
+export class RouterContext {
+  private readonly gatewayClients = new Map<string, { url: string; transport: OwnedTransport; client: Client<typeof DeliveryService> }>();
+
+  readonly messagestore: Client<typeof MessageStoreService>;
+  readonly membership: MembershipCache;
+  readonly fanOut: FanOut;
+
+  private constructor(
+    private readonly transports: OwnedTransport[],
+    readonly registry: ConnectionRegistry,
+    private readonly discovery: Discovery,
+    private readonly dialGateway: (url: string, gatewayId: string) => OwnedTransport,
+    readonly clock: () => number,
+    readonly logger: Logger,
+    cfg: RouterConfig,
+  ) {
+    const [groups, messagestore, notify] = transports as [OwnedTransport, OwnedTransport, OwnedTransport];
+    this.messagestore = createClient(MessageStoreService, messagestore);
+    this.membership = new MembershipCache(createClient(GroupsService, groups), {
+      maxEntries: cfg.membershipCacheEntries,
+      groupTtlMs: cfg.groupMembershipTtlMs,
+      negativeTtlMs: 1000,
+      clock,
+    });
+    this.fanOut = new FanOut(registry, (id) => this.gateway(id), createClient(NotifyService, notify), logger);
+  }
+
+  static async fromConfig(cfg: RouterConfig, o: RouterOverrides = {}): Promise<RouterContext> {
+    const transports = [
+      o.groups ?? dialGrpc(cfg.groupsUrl),
+      o.messagestore ?? dialGrpc(cfg.messagestoreUrl),
+      o.notify ?? dialGrpc(cfg.notifyUrl),
+    ];
+    return new RouterContext(
+      transports,
+      o.registry ?? new MemoryConnectionRegistry(),
+      o.discovery ?? new StaticDiscovery(cfg.gateways),
+      o.dialGateway ?? ((url) => dialGrpc(url)),
+      o.clock ?? Date.now,
+      o.logger ?? createLogger("router", cfg.logLevel),
+      cfg,
+    );
+  }
+
+  /** The Deliver client of a gateway, or undefined when discovery does not know it. */
+  private gateway(gatewayId: string): Client<typeof DeliveryService> | undefined {
+    const instance = this.discovery.resolve("gateway", gatewayId);
+    if (!instance) return undefined;
+    const cached = this.gatewayClients.get(gatewayId);
+    if (cached?.url === instance.url) return cached.client;
+    cached?.transport.close();
+    const transport = this.dialGateway(instance.url, gatewayId);
+    const client = createClient(DeliveryService, transport);
+    this.gatewayClients.set(gatewayId, { url: instance.url, transport, client });
+    return client;
+  }
+
+  async close(): Promise<void> {
+    await this.fanOut.idle();
+    for (const g of this.gatewayClients.values()) g.transport.close();
+    for (const t of this.transports) t.close();
+  }
+}

@@ -1,0 +1,164 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import type { Client } from "@connectrpc/connect";
+import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
+import { MessageSchema as ClientMessageSchema } from "../../../gen/parley/client/v1/types_pb.js";
+import type { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
+import type { Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import type { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
+import type { Logger } from "../../../lib/logger.js";
+import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { GatewayOutbox } from "./gateway-outbox.js";
+
+export interface FanOutItem {
+  message: Message;
+  memberIds: readonly string[];
+  /** The sending device: it got the ack, so it does not get the message too. */
+  senderDeviceId: string;
+}
+
+export interface FanOutStats {
+  messages: number;
+  registryLookups: number;
+  deliverCalls: number;
+}
+
+/** At most this many messages share one registry lookup. */
+const MAX_BATCH = 256;
+const PREVIEW_CHARS = 120;
+
+/**
+ * Delivers stored messages to the gateways that hold the members' devices. Messages
+ * enter in the order the message store acknowledged them and leave in that order:
+ * one registry lookup serves every message queued meanwhile (one round trip for all
+ * their recipients), then each message becomes one envelope per involved gateway,
+ * encoded once for all of that gateway's recipients.
+ */
+export class FanOut {
+  private queue: FanOutItem[] = [];
+  private running = false;
+  private idleWaiters: (() => void)[] = [];
+  private readonly outboxes = new Map<string, GatewayOutbox>();
+  readonly stats: FanOutStats = { messages: 0, registryLookups: 0, deliverCalls: 0 };
+
+  constructor(
+    private readonly registry: ConnectionRegistry,
+    private readonly gateway: (gatewayId: string) => Client<typeof DeliveryService> | undefined,
+    private readonly notify: Client<typeof NotifyService> | undefined,
+    private readonly logger: Logger,
+  ) {}
+
+  enqueue(item: FanOutItem): void {
+    this.queue.push(item);
+    if (!this.running) void this.run();
+  }
+
+  /** Resolves once everything enqueued so far was handed to its gateways. */
+  async idle(): Promise<void> {
+    if (this.running) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    await Promise.all([...this.outboxes.values()].map((o) => o.idle()));
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      try {
+        await this.dispatch(batch);
+      } catch (err) {
+        // Registry down: the messages are stored; devices catch up from history.
+        this.logger.warn({ err, messages: batch.length }, "fan-out failed");
+      }
+    }
+    this.running = false;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async dispatch(batch: FanOutItem[]): Promise<void> {
+    const users = new Set<string>();
+    for (const item of batch) for (const u of item.memberIds) users.add(u);
+    this.stats.registryLookups++;
+    const where = await this.registry.lookup([...users]);
+    for (const item of batch) {
+      this.stats.messages++;
+      const byGateway = new Map<string, string[]>();
+      const offline: string[] = [];
+      for (const userId of item.memberIds) {
+        const gateways = where.get(userId);
+        if (!gateways) {
+          if (userId !== item.message.senderId) offline.push(userId);
+          continue;
+        }
+        for (const gw of gateways) {
+          const list = byGateway.get(gw);
+          if (list) list.push(userId);
+          else byGateway.set(gw, [userId]);
+        }
+      }
+      if (byGateway.size > 0) {
+        const serverFrame = encodeMessageFrame(item.message);
+        for (const [gatewayId, userIds] of byGateway) {
+          const outbox = this.outbox(gatewayId);
+          if (outbox) outbox.push({ userIds, serverFrame, excludeDeviceId: item.senderDeviceId });
+          else void this.forget(gatewayId, userIds);
+        }
+      }
+      if (offline.length > 0) this.pushOffline(item.message, offline);
+    }
+  }
+
+  private outbox(gatewayId: string): GatewayOutbox | undefined {
+    let outbox = this.outboxes.get(gatewayId);
+    if (!outbox) {
+      const client = this.gateway(gatewayId);
+      if (!client) return undefined;
+      outbox = new GatewayOutbox(gatewayId, client, (gw, u) => void this.forget(gw, u), this.logger, this.stats);
+      this.outboxes.set(gatewayId, outbox);
+    }
+    return outbox;
+  }
+
+  /** Removes registry entries that point at a gateway that is gone or does not hold the users. */
+  private async forget(gatewayId: string, userIds: string[]): Promise<void> {
+    try {
+      await this.registry.removeUsers(gatewayId, userIds);
+    } catch (err) {
+      this.logger.warn({ err, gatewayId }, "registry cleanup failed");
+    }
+  }
+
+  private pushOffline(m: Message, userIds: string[]): void {
+    if (!this.notify) return;
+    this.notify
+      .notifyOffline({
+        userIds,
+        conversationId: m.conversationId,
+        seq: m.seq,
+        messageId: m.messageId,
+        senderId: m.senderId,
+        preview: [...m.body].slice(0, PREVIEW_CHARS).join(""),
+      })
+      .catch((err: unknown) => this.logger.warn({ err }, "notify failed"));
+  }
+}
+
+/** The frame every recipient device gets, encoded once per message. */
+export function encodeMessageFrame(m: Message): Uint8Array {
+  return toBinary(
+    ServerFrameSchema,
+    create(ServerFrameSchema, {
+      kind: {
+        case: "message",
+        value: create(ClientMessageSchema, {
+          conversationId: m.conversationId,
+          seq: m.seq,
+          messageId: m.messageId,
+          senderId: m.senderId,
+          senderDeviceId: m.senderDeviceId,
+          clientMsgId: m.clientMsgId,
+          body: m.body,
+          sentAt: m.sentAt,
+        }),
+      },
+    }),
+  );
+}
