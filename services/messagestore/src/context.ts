@@ -1,0 +1,61 @@
+import { mkdir } from "node:fs/promises";
+import { createLogger, type Logger } from "../../../lib/logger.js";
+import type { Sql } from "../../../lib/sql.js";
+import { openPglite } from "../../../lib/sql-pglite.js";
+import type { MessageStoreConfig } from "./config.js";
+import type { MessageRepository } from "./message-repository.js";
+import { SqlMessageRepository } from "./message-repository-sql.js";
+import { Sequencer, type SequencerOptions } from "./sequencer.js";
+
+export interface MessageStoreOverrides {
+  /** A shared relational database (the one-process platform); the context does not close it. */
+  sql?: Sql;
+  /** A ready repository (tests); the context does not close it. */
+  repository?: MessageRepository;
+  clock?: () => number;
+  logger?: Logger;
+  /** Batching and cache limits of the sequencer. */
+  sequencer?: Omit<SequencerOptions, "repository" | "clock" | "logger">;
+}
+
+/** Everything the message store's handlers use; the one place adapters are built. */
+export class MessageStoreContext {
+  private constructor(
+    readonly repository: MessageRepository,
+    readonly sequencer: Sequencer,
+    readonly logger: Logger,
+    private readonly ownedSql: Sql | undefined,
+  ) {}
+
+  static async fromConfig(cfg: MessageStoreConfig, overrides: MessageStoreOverrides = {}): Promise<MessageStoreContext> {
+    const logger = overrides.logger ?? createLogger("messagestore", cfg.logLevel);
+    let ownedSql: Sql | undefined;
+    let repository = overrides.repository;
+    if (!repository) {
+      let sql = overrides.sql;
+      if (!sql) {
+        await mkdir(cfg.dataDir, { recursive: true });
+        sql = ownedSql = await openPglite(cfg.dataDir);
+      }
+      try {
+        repository = await SqlMessageRepository.create(sql);
+      } catch (err) {
+        await ownedSql?.close();
+        throw err;
+      }
+    }
+    const sequencer = new Sequencer({
+      ...overrides.sequencer,
+      repository,
+      clock: overrides.clock,
+      logger: logger.child({ subsystem: "sequencer" }),
+    });
+    return new MessageStoreContext(repository, sequencer, logger, ownedSql);
+  }
+
+  /** Finishes the queued appends, then closes what the context opened. */
+  async close(): Promise<void> {
+    await this.sequencer.close();
+    await this.ownedSql?.close();
+  }
+}

@@ -1,0 +1,85 @@
+import { SeqConflictError } from "../src/errors.js";
+import {
+  idempotencyKey,
+  type ConversationHead,
+  type IdempotencyKey,
+  type MessageRepository,
+  type StoredMessage,
+} from "../src/message-repository.js";
+
+/** Lets other tasks run, as a round trip to a database would. */
+const yieldTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * A MessageRepository in memory, for fast sequencer tests. Every call yields once
+ * before it acts, so concurrent writers interleave as they would over a network.
+ * It keeps the same contract as the SQL adapter (message-repository.test.ts checks).
+ */
+export class MemoryMessageRepository implements MessageRepository {
+  private readonly logs = new Map<string, { bySeq: Map<number, StoredMessage>; byKey: Map<string, StoredMessage>; last: number }>();
+
+  private log(conversationId: string) {
+    let l = this.logs.get(conversationId);
+    if (!l) this.logs.set(conversationId, (l = { bySeq: new Map(), byKey: new Map(), last: 0 }));
+    return l;
+  }
+
+  async lastSeq(conversationId: string): Promise<number> {
+    await yieldTurn();
+    return this.logs.get(conversationId)?.last ?? 0;
+  }
+
+  async findByClientMsgIds(conversationId: string, keys: readonly IdempotencyKey[]): Promise<StoredMessage[]> {
+    await yieldTurn();
+    const l = this.logs.get(conversationId);
+    if (!l) return [];
+    const out = new Map<string, StoredMessage>();
+    for (const k of keys) {
+      const key = idempotencyKey(k.senderId, k.clientMsgId);
+      const m = l.byKey.get(key);
+      if (m) out.set(key, { ...m });
+    }
+    return [...out.values()];
+  }
+
+  async insert(conversationId: string, messages: readonly StoredMessage[]): Promise<void> {
+    await yieldTurn();
+    const l = this.log(conversationId);
+    const seqs = new Set<number>();
+    const keys = new Set<string>();
+    for (const m of messages) {
+      const key = idempotencyKey(m.senderId, m.clientMsgId);
+      if (l.bySeq.has(m.seq) || seqs.has(m.seq) || l.byKey.has(key) || keys.has(key)) throw new SeqConflictError();
+      seqs.add(m.seq);
+      keys.add(key);
+    }
+    for (const m of messages) {
+      const copy = { ...m };
+      l.bySeq.set(m.seq, copy);
+      l.byKey.set(idempotencyKey(m.senderId, m.clientMsgId), copy);
+      l.last = Math.max(l.last, m.seq);
+    }
+  }
+
+  async history(conversationId: string, beforeSeq: number, limit: number): Promise<StoredMessage[]> {
+    await yieldTurn();
+    const l = this.logs.get(conversationId);
+    if (!l) return [];
+    return [...l.bySeq.values()]
+      .filter((m) => beforeSeq === 0 || m.seq < beforeSeq)
+      .sort((a, b) => b.seq - a.seq)
+      .slice(0, limit)
+      .map((m) => ({ ...m }));
+  }
+
+  async heads(conversationIds: readonly string[]): Promise<ConversationHead[]> {
+    await yieldTurn();
+    const out: ConversationHead[] = [];
+    for (const id of new Set(conversationIds)) {
+      const l = this.logs.get(id);
+      const m = l?.bySeq.get(l.last);
+      if (m) out.push({ conversationId: id, lastSeq: m.seq, lastSentAtMs: m.sentAtMs });
+    }
+    return out;
+  }
+}

@@ -1,0 +1,204 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import { randomUuid } from "../../../lib/ids.js";
+import { createLogger } from "../../../lib/logger.js";
+import { createClient, inProcess, type Client } from "../../../lib/rpc.js";
+import { openPglite } from "../../../lib/sql-pglite.js";
+import type { Sql } from "../../../lib/sql.js";
+import { loadConfig } from "../src/config.js";
+import { MessageStoreContext } from "../src/context.js";
+import { SeqConflictError } from "../src/errors.js";
+import type { MessageRepository } from "../src/message-repository.js";
+import { messageStoreRoutes } from "../src/routes.js";
+
+async function rejectsWith(p: Promise<unknown>, code: Code, field?: string) {
+  await assert.rejects(p, (e: unknown) => {
+    const err = ConnectError.from(e);
+    assert.equal(err.code, code, err.message);
+    if (field) assert.match(err.rawMessage, new RegExp(`^${field.replace(/[[\]]/g, "\\$&")}:`));
+    return true;
+  });
+}
+
+const silent = createLogger("messagestore", "silent");
+const NOW = 1_750_000_000_000;
+
+function appendRequest(conversationId = randomUuid(), body = "hello") {
+  return { conversationId, senderId: randomUuid(), senderDeviceId: randomUuid(), clientMsgId: randomUuid(), body };
+}
+
+describe("MessageStoreService", () => {
+  let sql: Sql;
+  let ctx: MessageStoreContext;
+  let client: Client<typeof MessageStoreService>;
+  let now = NOW;
+  before(async () => {
+    sql = await openPglite();
+    ctx = await MessageStoreContext.fromConfig(loadConfig({}), { sql, logger: silent, clock: () => now });
+    client = createClient(MessageStoreService, inProcess(messageStoreRoutes(ctx)));
+  });
+  after(async () => {
+    await ctx.close();
+    await sql.close();
+  });
+
+  it("appends with the next seq and answers a resend as a duplicate", async () => {
+    const req = appendRequest();
+    const first = await client.append(req);
+    assert.equal(first.duplicate, false);
+    const m = first.message!;
+    assert.equal(m.seq, 1n);
+    assert.equal(m.conversationId, req.conversationId);
+    assert.equal(m.senderId, req.senderId);
+    assert.equal(m.senderDeviceId, req.senderDeviceId);
+    assert.equal(m.clientMsgId, req.clientMsgId);
+    assert.equal(m.body, req.body);
+    assert.equal(timestampMs(m.sentAt!), NOW);
+    const again = await client.append(req);
+    assert.equal(again.duplicate, true);
+    assert.deepEqual(again.message, m);
+    const second = await client.append({ ...appendRequest(req.conversationId), body: "second" });
+    assert.equal(second.message!.seq, 2n);
+  });
+
+  it("returns history newest first, paged by before_seq, 50 by default", async () => {
+    const c = randomUuid();
+    const sent = await Promise.all(Array.from({ length: 60 }, (_, i) => client.append(appendRequest(c, `m${i}`))));
+    assert.deepEqual(
+      sent.map((r) => Number(r.message!.seq)).sort((a, b) => a - b),
+      Array.from({ length: 60 }, (_, i) => i + 1),
+    );
+    const page1 = await client.getHistory({ conversationId: c });
+    assert.deepEqual(
+      page1.messages.map((m) => Number(m.seq)),
+      Array.from({ length: 50 }, (_, i) => 60 - i),
+    );
+    const page2 = await client.getHistory({ conversationId: c, beforeSeq: 11n, limit: 200 });
+    assert.deepEqual(
+      page2.messages.map((m) => Number(m.seq)),
+      Array.from({ length: 10 }, (_, i) => 10 - i),
+    );
+    const bySeq = new Map(sent.map((r) => [r.message!.seq, r.message!]));
+    for (const m of page2.messages) assert.deepEqual(m, bySeq.get(m.seq));
+    assert.deepEqual((await client.getHistory({ conversationId: randomUuid() })).messages, []);
+  });
+
+  it("returns one head per requested conversation, in request order", async () => {
+    const [a, b, empty] = [randomUuid(), randomUuid(), randomUuid()];
+    now = NOW + 1000;
+    await client.append(appendRequest(a));
+    now = NOW + 2000;
+    await client.append(appendRequest(a));
+    now = NOW + 3000;
+    await client.append(appendRequest(b));
+    now = NOW;
+    const { heads } = await client.getHeads({ conversationIds: [b, empty, a, b] });
+    assert.deepEqual(
+      heads.map((h) => [h.conversationId, Number(h.lastSeq), h.lastSentAt ? timestampMs(h.lastSentAt) : undefined]),
+      [
+        [b, 1, NOW + 3000],
+        [empty, 0, undefined],
+        [a, 2, NOW + 2000],
+      ],
+    );
+    assert.deepEqual((await client.getHeads({ conversationIds: [] })).heads, []);
+  });
+
+  it("accepts a body of 4,000 characters that are not all ASCII", async () => {
+    const body = "😀".repeat(4000); // 8,000 UTF-16 units, 4,000 characters
+    const r = await client.append(appendRequest(randomUuid(), body));
+    assert.equal(r.message!.body, body);
+  });
+
+  describe("rejects bad arguments with InvalidArgument", () => {
+    for (const field of ["conversationId", "senderId", "senderDeviceId", "clientMsgId"] as const) {
+      const wire = field.replace(/[A-Z]/g, (ch) => `_${ch.toLowerCase()}`);
+      it(`Append: ${wire} not a UUID`, async () => {
+        await rejectsWith(client.append({ ...appendRequest(), [field]: "not-a-uuid" }), Code.InvalidArgument, wire);
+        await rejectsWith(client.append({ ...appendRequest(), [field]: "" }), Code.InvalidArgument, wire);
+        await rejectsWith(client.append({ ...appendRequest(), [field]: randomUuid().toUpperCase() }), Code.InvalidArgument, wire);
+      });
+    }
+    it("Append: empty body", async () => {
+      await rejectsWith(client.append(appendRequest(randomUuid(), "")), Code.InvalidArgument, "body");
+    });
+    it("Append: body over 4,000 characters", async () => {
+      await rejectsWith(client.append(appendRequest(randomUuid(), "x".repeat(4001))), Code.InvalidArgument, "body");
+      await rejectsWith(client.append(appendRequest(randomUuid(), "😀".repeat(4001))), Code.InvalidArgument, "body");
+    });
+    it("GetHistory: conversation_id not a UUID", async () => {
+      await rejectsWith(client.getHistory({ conversationId: "nope" }), Code.InvalidArgument, "conversation_id");
+    });
+    it("GetHistory: limit above 200", async () => {
+      await rejectsWith(client.getHistory({ conversationId: randomUuid(), limit: 201 }), Code.InvalidArgument, "limit");
+    });
+    it("GetHistory: before_seq beyond 2^53", async () => {
+      await rejectsWith(client.getHistory({ conversationId: randomUuid(), beforeSeq: 1n << 60n }), Code.InvalidArgument, "before_seq");
+    });
+    it("GetHeads: more than 500 ids", async () => {
+      const ids = Array.from({ length: 501 }, () => randomUuid());
+      await rejectsWith(client.getHeads({ conversationIds: ids }), Code.InvalidArgument, "conversation_ids");
+    });
+    it("GetHeads: an id that is not a UUID", async () => {
+      await rejectsWith(client.getHeads({ conversationIds: [randomUuid(), "x"] }), Code.InvalidArgument, "conversation_ids[1]");
+    });
+  });
+
+  it("accepts exactly 500 ids in GetHeads and 200 as a history limit", async () => {
+    const ids = Array.from({ length: 500 }, () => randomUuid());
+    assert.equal((await client.getHeads({ conversationIds: ids })).heads.length, 500);
+    assert.deepEqual((await client.getHistory({ conversationId: randomUuid(), limit: 200 })).messages, []);
+  });
+});
+
+describe("MessageStoreService error codes", () => {
+  const broken = (err: () => Error): MessageRepository => ({
+    lastSeq: async () => 0,
+    findByClientMsgIds: async () => [],
+    insert: async () => {
+      throw err();
+    },
+    history: async () => {
+      throw err();
+    },
+    heads: async () => {
+      throw err();
+    },
+  });
+
+  async function serve(repository: MessageRepository) {
+    const ctx = await MessageStoreContext.fromConfig(loadConfig({}), { repository, logger: silent, sequencer: { maxAttempts: 3 } });
+    return { ctx, client: createClient(MessageStoreService, inProcess(messageStoreRoutes(ctx))) };
+  }
+
+  it("maps a failing repository to Unavailable", async () => {
+    const { ctx, client } = await serve(broken(() => new Error("connection refused")));
+    await rejectsWith(client.append(appendRequest()), Code.Unavailable);
+    await rejectsWith(client.getHistory({ conversationId: randomUuid() }), Code.Unavailable);
+    await rejectsWith(client.getHeads({ conversationIds: [randomUuid()] }), Code.Unavailable);
+    await ctx.close();
+  });
+
+  it("maps endless write races to Aborted, and a closing store to Unavailable", async () => {
+    const { ctx, client } = await serve(broken(() => new SeqConflictError()));
+    await rejectsWith(client.append(appendRequest()), Code.Aborted);
+    await ctx.close();
+    await rejectsWith(client.append(appendRequest()), Code.Unavailable);
+  });
+});
+
+describe("loadConfig", () => {
+  it("has defaults and checks the port", () => {
+    assert.deepEqual(loadConfig({}), { host: "127.0.0.1", port: 7103, dataDir: join("data", "messagestore"), logLevel: "info" });
+    const cfg = loadConfig({ PARLEY_MESSAGESTORE_PORT: "0", PARLEY_DATA_DIR: "/var/parley", PARLEY_LOG_LEVEL: "debug" });
+    assert.equal(cfg.port, 0);
+    assert.equal(cfg.dataDir, join("/var/parley", "messagestore"));
+    assert.equal(cfg.logLevel, "debug");
+    assert.throws(() => loadConfig({ PARLEY_MESSAGESTORE_PORT: "70000" }));
+    assert.throws(() => loadConfig({ PARLEY_MESSAGESTORE_PORT: "abc" }));
+  });
+});
