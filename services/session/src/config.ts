@@ -1,0 +1,59 @@
+import { join } from "node:path";
+
+export interface SessionConfig {
+  /** Address the standalone gRPC server binds. */
+  host: string;
+  /** gRPC port of the standalone process (0 picks a free one). */
+  port: number;
+  /** Root data directory; the embedded database lives in `<dataDir>/session`. */
+  dataDir: string;
+  accessTokenTtlSeconds: number;
+  refreshTokenTtlSeconds: number;
+  logLevel: string;
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+const LOG_LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+/** The session service's settings from the environment: defaults and checks, nothing else. */
+export function loadConfig(env: Env): SessionConfig {
+  const cfg: SessionConfig = {
+    host: nonEmpty(env, "PARLEY_HOST", "127.0.0.1"),
+    port: int(env, "PARLEY_SESSION_PORT", 7101, 0, 65535),
+    dataDir: nonEmpty(env, "PARLEY_DATA_DIR", "./data"),
+    accessTokenTtlSeconds: int(env, "PARLEY_ACCESS_TOKEN_TTL_SECONDS", 15 * 60, 1, 24 * 3600),
+    refreshTokenTtlSeconds: int(env, "PARLEY_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, 1, 365 * 24 * 3600),
+    logLevel: nonEmpty(env, "PARLEY_LOG_LEVEL", "info"),
+  };
+  if (!LOG_LEVELS.has(cfg.logLevel)) {
+    throw new ConfigError(`PARLEY_LOG_LEVEL: must be one of ${[...LOG_LEVELS].join(", ")}`);
+  }
+  if (cfg.refreshTokenTtlSeconds <= cfg.accessTokenTtlSeconds) {
+    throw new ConfigError("PARLEY_REFRESH_TOKEN_TTL_SECONDS: must be longer than PARLEY_ACCESS_TOKEN_TTL_SECONDS");
+  }
+  return cfg;
+}
+
+/** Where the embedded database of this service lives. */
+export function sessionDbDir(cfg: SessionConfig): string {
+  return join(cfg.dataDir, "session");
+}
+
+function nonEmpty(env: Env, name: string, def: string): string {
+  const v = env[name]?.trim();
+  return v === undefined || v === "" ? def : v;
+}
+
+function int(env: Env, name: string, def: number, min: number, max: number): number {
+  const raw = env[name]?.trim();
+  if (raw === undefined || raw === "") return def;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(`${name}: must be an integer, got "${raw}"`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(`${name}: must be between ${min} and ${max}, got ${n}`);
+  return n;
+}

@@ -1,0 +1,75 @@
+import { mkdir } from "node:fs/promises";
+import { UuidV7Generator } from "../../../lib/ids.js";
+import { createLogger, type Logger } from "../../../lib/logger.js";
+import { openPglite } from "../../../lib/sql-pglite.js";
+import type { Sql } from "../../../lib/sql.js";
+import type { AccountStore } from "./account-store.js";
+import { openSqlAccountStore } from "./account-store-sql.js";
+import { Accounts } from "./accounts.js";
+import { systemClock, type Clock } from "./clock.js";
+import { sessionDbDir, type SessionConfig } from "./config.js";
+import { PasswordHasher } from "./passwords.js";
+import { RevocationCache } from "./revocation-cache.js";
+import { AccessTokens, newSigningKey } from "./tokens.js";
+
+export interface SessionOverrides {
+  /** A shared database (the one-process platform, tests); closing the context leaves it open. */
+  sql?: Sql;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+/** The id of the access-token signing key. A rotation would add another id. */
+const SIGNING_KEY_ID = "access-v1";
+
+/** Everything the session service's handlers need; the one place adapters are built. */
+export class SessionContext {
+  private constructor(
+    readonly config: SessionConfig,
+    readonly accounts: Accounts,
+    readonly store: AccountStore,
+    readonly clock: Clock,
+    readonly logger: Logger,
+    private readonly ownedSql: Sql | undefined,
+  ) {}
+
+  static async fromConfig(cfg: SessionConfig, overrides: SessionOverrides = {}): Promise<SessionContext> {
+    const logger = overrides.logger ?? createLogger("session", cfg.logLevel);
+    const clock = overrides.clock ?? systemClock;
+    let ownedSql: Sql | undefined;
+    let sql = overrides.sql;
+    if (!sql) {
+      const dir = sessionDbDir(cfg);
+      await mkdir(dir, { recursive: true });
+      sql = ownedSql = await openPglite(dir);
+    }
+    try {
+      const store = await openSqlAccountStore(sql);
+      const key = await store.ensureSigningKey(newSigningKey(SIGNING_KEY_ID, clock.now()));
+      const hasher = new PasswordHasher();
+      await hasher.warmUp();
+      const revocations = new RevocationCache(async (sessionId) => {
+        const s = await store.getSession(sessionId);
+        return !s || s.revokedAt !== null;
+      }, clock);
+      const accounts = new Accounts({
+        store,
+        hasher,
+        accessTokens: new AccessTokens(key, cfg.accessTokenTtlSeconds * 1000),
+        revocations,
+        clock,
+        ids: new UuidV7Generator(() => clock.now()),
+        refreshTokenTtlMs: cfg.refreshTokenTtlSeconds * 1000,
+        logger,
+      });
+      return new SessionContext(cfg, accounts, store, clock, logger, ownedSql);
+    } catch (err) {
+      await ownedSql?.close();
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.ownedSql?.close();
+  }
+}

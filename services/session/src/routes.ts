@@ -1,0 +1,42 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
+import type { Routes } from "../../../lib/rpc.js";
+import type { SessionContext } from "./context.js";
+import { AuthenticationError, UsernameTakenError } from "./errors.js";
+import { authenticate } from "./routes/authenticate.js";
+import { getUsers } from "./routes/get-users.js";
+import { logIn } from "./routes/log-in.js";
+import { logOut } from "./routes/log-out.js";
+import { refresh } from "./routes/refresh.js";
+import { signUp } from "./routes/sign-up.js";
+
+/** The SessionService on any host: gRPC server, the gateway, or in-process for tests. */
+export function sessionRoutes(ctx: SessionContext): Routes {
+  const h =
+    <Req, Res>(fn: (ctx: SessionContext, req: Req) => Promise<Res>) =>
+    async (req: Req): Promise<Res> => {
+      try {
+        return await fn(ctx, req);
+      } catch (err) {
+        throw toConnectError(ctx, err);
+      }
+    };
+  return (router) => {
+    router.service(SessionService, {
+      signUp: h(signUp),
+      logIn: h(logIn),
+      refresh: h(refresh),
+      logOut: h(logOut),
+      authenticate: h(authenticate),
+      getUsers: h(getUsers),
+    });
+  };
+}
+
+function toConnectError(ctx: SessionContext, err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof AuthenticationError) return new ConnectError(err.message, Code.Unauthenticated);
+  if (err instanceof UsernameTakenError) return new ConnectError(err.message, Code.AlreadyExists);
+  ctx.logger.error({ err }, "unexpected error");
+  return new ConnectError("internal error", Code.Internal);
+}
