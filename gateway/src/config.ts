@@ -1,0 +1,82 @@
+export interface GatewayConfig {
+  /** Unique among live gateways; the registry points at it. */
+  id: string;
+  host: string;
+  /** The public port: WebSocket at /ws and the Connect API. */
+  publicPort: number;
+  /** The internal gRPC port serving DeliveryService to routers. */
+  internalPort: number;
+  /** Browser origins allowed to open a WebSocket; `scheme://host:*` allows any port. Clients without an Origin header (native apps) are always allowed. */
+  allowedOrigins: string[];
+  /** Frames up to this size are processed; larger ones get an error frame and the connection stays. */
+  maxFrameBytes: number;
+  /** Frames above this size violate the protocol: the connection is closed (1009). */
+  hardMaxFrameBytes: number;
+  maxRequestBytes: number;
+  idleTimeoutSeconds: number;
+  /** Bytes queued for a slow client before the gateway closes it (4008). */
+  maxBackpressureBytes: number;
+  /** Frames a connection may send per second (sustained) and in a burst. */
+  framesPerSecond: number;
+  frameBurst: number;
+  /** Sends one connection may have waiting for an ack. */
+  maxInFlightSends: number;
+  presenceIntervalMs: number;
+  sessionUrl: string;
+  routerUrl: string;
+  groupsUrl: string;
+  messagestoreUrl: string;
+  presenceUrl: string;
+  logLevel: string;
+}
+
+function int(env: Record<string, string | undefined>, name: string, def: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return def;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: expected an integer in [${min}, ${max}], got "${raw}"`);
+  return n;
+}
+
+export function loadConfig(env: Record<string, string | undefined>): GatewayConfig {
+  const cfg: GatewayConfig = {
+    id: env.PARLEY_GATEWAY_ID ?? "gw-1",
+    host: env.PARLEY_HOST ?? "127.0.0.1",
+    publicPort: int(env, "PARLEY_GATEWAY_PORT", 7000, 0, 65535),
+    internalPort: int(env, "PARLEY_GATEWAY_INTERNAL_PORT", 7200, 0, 65535),
+    allowedOrigins: (env.PARLEY_ALLOWED_ORIGINS ?? "http://localhost:*,http://127.0.0.1:*")
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean),
+    maxFrameBytes: int(env, "PARLEY_MAX_FRAME_BYTES", 16 * 1024, 1024, 1 << 20),
+    hardMaxFrameBytes: int(env, "PARLEY_HARD_MAX_FRAME_BYTES", 64 * 1024, 1024, 16 << 20),
+    maxRequestBytes: int(env, "PARLEY_MAX_REQUEST_BYTES", 64 * 1024, 1024, 16 << 20),
+    idleTimeoutSeconds: int(env, "PARLEY_IDLE_TIMEOUT_SECONDS", 60, 8, 960),
+    maxBackpressureBytes: int(env, "PARLEY_MAX_BACKPRESSURE_BYTES", 1 << 20, 1024, 1 << 30),
+    framesPerSecond: int(env, "PARLEY_FRAMES_PER_SECOND", 100, 1, 1_000_000),
+    frameBurst: int(env, "PARLEY_FRAME_BURST", 500, 1, 1_000_000),
+    maxInFlightSends: int(env, "PARLEY_MAX_INFLIGHT_SENDS", 256, 1, 100_000),
+    presenceIntervalMs: int(env, "PARLEY_PRESENCE_REPORT_MS", 10_000, 100, 3_600_000),
+    sessionUrl: env.PARLEY_SESSION_URL ?? "http://127.0.0.1:7101",
+    routerUrl: env.PARLEY_ROUTER_URL ?? "http://127.0.0.1:7102",
+    messagestoreUrl: env.PARLEY_MESSAGESTORE_URL ?? "http://127.0.0.1:7103",
+    presenceUrl: env.PARLEY_PRESENCE_URL ?? "http://127.0.0.1:7104",
+    groupsUrl: env.PARLEY_GROUPS_URL ?? "http://127.0.0.1:7105",
+    logLevel: env.PARLEY_LOG_LEVEL ?? "info",
+  };
+  if (cfg.hardMaxFrameBytes < cfg.maxFrameBytes) throw new Error("PARLEY_HARD_MAX_FRAME_BYTES must be at least PARLEY_MAX_FRAME_BYTES");
+  return cfg;
+}
+
+/** Whether a browser Origin may connect. */
+export function originAllowed(origin: string, allowed: readonly string[]): boolean {
+  if (origin === "") return true; // not a browser
+  for (const a of allowed) {
+    if (a === "*" || a === origin) return true;
+    if (a.endsWith(":*")) {
+      const base = a.slice(0, -2);
+      if (origin === base || (origin.startsWith(base + ":") && /^\d+$/.test(origin.slice(base.length + 1)))) return true;
+    }
+  }
+  return false;
+}

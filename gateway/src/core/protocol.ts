@@ -1,0 +1,64 @@
+/**
+ * Close codes of the WebSocket protocol (documented in docs/protocol.md). 1xxx are
+ * the standard ones; 4xxx are Parley's. "Reconnect" codes invite the client to
+ * reconnect (with backoff) and resume from its cursors; terminal ones do not.
+ */
+export const CloseCode = {
+  /** Normal closure. */
+  NORMAL: 1000,
+  /** The gateway is shutting down: reconnect (another gateway will take you). */
+  GOING_AWAY: 1001,
+  /** A frame exceeded the hard size limit: a protocol violation. Terminal for that frame. */
+  MESSAGE_TOO_BIG: 1009,
+  /** The gateway failed unexpectedly: reconnect. */
+  INTERNAL_ERROR: 1011,
+  /** The session was revoked (log out elsewhere): refresh or log in again before reconnecting. */
+  SESSION_REVOKED: 4001,
+  /** The client read too slowly and the gateway's send buffer filled: reconnect and resync. */
+  SLOW_CONSUMER: 4008,
+  /** A backend needed to register the connection is unavailable: reconnect with backoff. */
+  TRY_AGAIN_LATER: 4013,
+} as const;
+
+/** Subprotocols: the encoding of the frames the server sends. */
+export const SUBPROTOCOL_BINARY = "parley.v1";
+export const SUBPROTOCOL_JSON = "parley.v1.json";
+/** A subprotocol entry `bearer.<access token>` carries the token for browsers, which cannot set headers. */
+export const BEARER_PREFIX = "bearer.";
+
+export type Encoding = "binary" | "json";
+
+export interface Negotiated {
+  encoding: Encoding;
+  /** The subprotocol to answer with ("" when the client offered none). */
+  protocol: string;
+  token: string | undefined;
+}
+
+/**
+ * Reads the offered subprotocols and the Authorization header. Returns an error text
+ * when the offer is unusable.
+ */
+export function negotiate(protocolHeader: string, authorization: string): Negotiated | string {
+  let encoding: Encoding = "binary";
+  let protocol = "";
+  let token: string | undefined;
+  for (const raw of protocolHeader.split(",")) {
+    const p = raw.trim();
+    if (p === "") continue;
+    if (p === SUBPROTOCOL_BINARY || p === SUBPROTOCOL_JSON) {
+      if (protocol === "") {
+        protocol = p;
+        encoding = p === SUBPROTOCOL_JSON ? "json" : "binary";
+      }
+    } else if (p.startsWith(BEARER_PREFIX)) {
+      token = p.slice(BEARER_PREFIX.length);
+    }
+  }
+  if (protocolHeader.trim() !== "" && protocol === "") {
+    return `offer subprotocol ${SUBPROTOCOL_BINARY} or ${SUBPROTOCOL_JSON}`;
+  }
+  const m = /^Bearer\s+(\S+)$/i.exec(authorization);
+  if (m) token ??= m[1];
+  return { encoding, protocol, token };
+}

@@ -1,0 +1,36 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { AuthService } from "../../../gen/parley/client/v1/auth_service_pb.js";
+import { publicTokens, publicUser } from "./convert.js";
+import { bearerToken, caller, type PublicApiDeps } from "./deps.js";
+
+/** The public account API: a thin edge over the session service. */
+export function authService(deps: PublicApiDeps): ServiceImpl<typeof AuthService> {
+  return {
+    async signUp(req) {
+      const res = await deps.session.signUp({
+        username: req.username,
+        password: req.password,
+        displayName: req.displayName,
+        deviceId: req.deviceId,
+      });
+      return { user: publicUser(res.user), tokens: publicTokens(res.tokens) };
+    },
+    async logIn(req) {
+      const res = await deps.session.logIn({ username: req.username, password: req.password, deviceId: req.deviceId });
+      return { user: publicUser(res.user), tokens: publicTokens(res.tokens) };
+    },
+    async refresh(req) {
+      const res = await deps.session.refresh({ refreshToken: req.refreshToken });
+      return { tokens: publicTokens(res.tokens) };
+    },
+    async logOut(_req, ctx) {
+      await deps.session.logOut({ accessToken: bearerToken(ctx) });
+      return {};
+    },
+    async me(_req, ctx) {
+      const me = await caller(deps, ctx);
+      const { users } = await deps.session.getUsers({ userIds: [me.userId] });
+      return { user: publicUser(users[0]), deviceId: me.deviceId, sessionId: me.sessionId };
+    },
+  };
+}

@@ -1,0 +1,135 @@
+import { createRequire } from "node:module";
+import uWS, { type TemplatedApp, type us_listen_socket, type WebSocket } from "uWebSockets.js";
+import type { Logger } from "../../../lib/logger.js";
+import type { Routes } from "../../../lib/rpc.js";
+import type { GatewayConfig } from "../config.js";
+import { originAllowed } from "../config.js";
+import type { Connection, SocketPort } from "../core/connection.js";
+import { decodeClientFrame } from "../core/frames.js";
+import type { GatewayCore } from "../core/gateway-core.js";
+import { negotiate } from "../core/protocol.js";
+import { mountConnect } from "./connect-adapter.js";
+
+/** uWS can fall back to a slow JS implementation without saying so: refuse to run on it. */
+export function assertNativeUws(): void {
+  const require = createRequire(import.meta.url);
+  const native = Object.keys(require.cache).some((k) => /uws_[a-z0-9_]+\.node$/.test(k));
+  if (!native) throw new Error("uWebSockets.js native binding did not load (unsupported platform or Node ABI)");
+}
+
+interface UserData {
+  conn: Connection;
+}
+
+export interface PublicServer {
+  readonly port: number;
+  /** Stops accepting new connections and requests (open sockets stay). */
+  stopListening(): void;
+}
+
+/**
+ * The public port: WebSocket at `/ws`, the Connect API, and `/healthz`. The only
+ * place (with connect-adapter.ts) that touches uWebSockets.js.
+ */
+export async function startPublicServer(
+  cfg: GatewayConfig,
+  core: GatewayCore,
+  api: Routes,
+  logger: Logger,
+): Promise<PublicServer> {
+  assertNativeUws();
+  const app: TemplatedApp = uWS.App();
+
+  app.ws<UserData>("/ws", {
+    compression: uWS.DISABLED,
+    maxPayloadLength: cfg.hardMaxFrameBytes,
+    idleTimeout: cfg.idleTimeoutSeconds,
+    sendPingsAutomatically: true,
+    maxBackpressure: cfg.maxBackpressureBytes,
+    closeOnBackpressureLimit: 0,
+
+    upgrade(res, req, context) {
+      const key = req.getHeader("sec-websocket-key");
+      const protocols = req.getHeader("sec-websocket-protocol");
+      const extensions = req.getHeader("sec-websocket-extensions");
+      const origin = req.getHeader("origin");
+      const authorization = req.getHeader("authorization");
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+      });
+      const refuse = (status: string, message: string) => {
+        if (aborted) return;
+        res.cork(() => res.writeStatus(status).writeHeader("content-type", "text/plain").end(message));
+      };
+      if (!core.accepting) return refuse("503 Service Unavailable", "gateway is draining: connect to another gateway");
+      if (!originAllowed(origin, cfg.allowedOrigins)) return refuse("403 Forbidden", "origin not allowed");
+      const offer = negotiate(protocols, authorization);
+      if (typeof offer === "string") return refuse("400 Bad Request", offer);
+      if (!offer.token) {
+        return refuse("401 Unauthorized", "missing access token: send Authorization: Bearer <token> or subprotocol bearer.<token>");
+      }
+      core.authenticate(offer.token).then(
+        (principal) => {
+          if (aborted) return;
+          const conn = core.newConnection(principal, offer.encoding);
+          res.cork(() => res.upgrade<UserData>({ conn }, key, offer.protocol, extensions, context));
+        },
+        (err: unknown) => {
+          const unauthenticated = (err as { code?: number }).code === 16;
+          if (!unauthenticated) logger.warn({ err }, "authentication failed at upgrade");
+          refuse(
+            unauthenticated ? "401 Unauthorized" : "503 Service Unavailable",
+            unauthenticated ? `unauthenticated: ${(err as { rawMessage?: string }).rawMessage ?? "bad token"}` : "try again later",
+          );
+        },
+      );
+    },
+
+    open(ws: WebSocket<UserData>) {
+      const { conn } = ws.getUserData();
+      const port: SocketPort = {
+        send: (data, binary) => {
+          ws.send(data, binary);
+          return ws.getBufferedAmount() <= cfg.maxBackpressureBytes;
+        },
+        cork: (fn) => void ws.cork(fn),
+        close: (code, reason) => ws.end(code, reason),
+      };
+      core.open(conn, port);
+    },
+
+    message(ws, message, isBinary) {
+      const { conn } = ws.getUserData();
+      core.onFrame(conn, decodeClientFrame(message, isBinary, cfg.maxFrameBytes));
+    },
+
+    close(ws) {
+      core.close(ws.getUserData().conn);
+    },
+  });
+
+  app.get("/healthz", (res) => {
+    res.cork(() => {
+      if (core.accepting) res.writeHeader("content-type", "text/plain").end("ok");
+      else res.writeStatus("503 Service Unavailable").end("draining");
+    });
+  });
+
+  mountConnect(app, api, { maxRequestBytes: cfg.maxRequestBytes, notFoundFallback: true, logger });
+
+  const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
+    app.listen(cfg.host, cfg.publicPort, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${cfg.host}:${cfg.publicPort}`))));
+  });
+  const port = uWS.us_socket_local_port(listenSocket);
+  logger.info({ port, ws: `ws://${cfg.host}:${port}/ws` }, "public gateway port listening");
+  let listening = true;
+  return {
+    port,
+    stopListening() {
+      if (!listening) return;
+      listening = false;
+      uWS.us_listen_socket_close(listenSocket);
+    },
+  };
+}
