@@ -10,7 +10,7 @@ export interface GatewayConfig {
   allowedOrigins: string[];
   /** Frames up to this size are processed; larger ones get an error frame and the connection stays. */
   maxFrameBytes: number;
-  /** Frames above this size violate the protocol: the connection is closed (1009). */
+  /** Frames above this size violate the protocol: the connection is dropped (clients see 1006). */
   hardMaxFrameBytes: number;
   maxRequestBytes: number;
   idleTimeoutSeconds: number;

@@ -8,8 +8,12 @@ export const CloseCode = {
   NORMAL: 1000,
   /** The gateway is shutting down: reconnect (another gateway will take you). */
   GOING_AWAY: 1001,
-  /** A frame exceeded the hard size limit: a protocol violation. Terminal for that frame. */
-  MESSAGE_TOO_BIG: 1009,
+  /**
+   * Not sent: what a client observes when the gateway drops a connection without a
+   * close handshake, which it does when a frame exceeds the hard size limit (a
+   * protocol violation; uWebSockets.js cuts such a connection at once).
+   */
+  DROPPED: 1006,
   /** The gateway failed unexpectedly: reconnect. */
   INTERNAL_ERROR: 1011,
   /** The session was revoked (log out elsewhere): refresh or log in again before reconnecting. */
