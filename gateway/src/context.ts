@@ -70,6 +70,7 @@ export class Gateway {
       groups: createClient(GroupsService, t.groups),
       messagestore: createClient(MessageStoreService, t.messagestore),
       authenticate: (token: string) => core.authenticate(token),
+      sessionRevoked: (sessionId: string) => void core.closeSession(sessionId),
     };
     const api: Routes = (router) => {
       router.service(AuthService, authService(deps));

@@ -34,8 +34,8 @@ export interface Platform {
  * Every service is also served on one internal gRPC port.
  */
 export async function startPlatform(env: Record<string, string | undefined>, logger?: Logger): Promise<Platform> {
-  const log = logger ?? createLogger("parley", env.PARLEY_LOG_LEVEL ?? "info");
-  const child = (name: string) => log.child({ name });
+  const level = env.PARLEY_LOG_LEVEL ?? "info";
+  const child = (name: string) => logger?.child({ service: name }) ?? createLogger(name, level);
   const dataDir = resolve(env.PARLEY_DATA_DIR ?? "data");
   mkdirSync(dataDir, { recursive: true });
   const sql: Sql = await openPglite(join(dataDir, "pglite"));

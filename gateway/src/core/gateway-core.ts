@@ -306,6 +306,19 @@ export class GatewayCore {
     }
   }
 
+  /** Closes the connections of a revoked session (log out) with 4001. */
+  closeSession(sessionId: string): number {
+    let n = 0;
+    for (const conns of this.byUser.values()) {
+      for (const c of conns) {
+        if (c.principal.sessionId !== sessionId) continue;
+        c.socket?.close(CloseCode.SESSION_REVOKED, "session revoked");
+        n++;
+      }
+    }
+    return n;
+  }
+
   /** Closes every connection with 1001 so clients reconnect elsewhere, and unregisters them. */
   async drain(): Promise<void> {
     this.draining = true;

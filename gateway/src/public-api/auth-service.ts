@@ -24,7 +24,11 @@ export function authService(deps: PublicApiDeps): ServiceImpl<typeof AuthService
       return { tokens: publicTokens(res.tokens) };
     },
     async logOut(_req, ctx) {
-      await deps.session.logOut({ accessToken: bearerToken(ctx) });
+      const token = bearerToken(ctx);
+      await deps.session.logOut({ accessToken: token });
+      // The session service verified the token's signature before revoking it.
+      const sid = sessionIdOf(token);
+      if (sid) deps.sessionRevoked(sid);
       return {};
     },
     async me(_req, ctx) {
@@ -33,4 +37,14 @@ export function authService(deps: PublicApiDeps): ServiceImpl<typeof AuthService
       return { user: publicUser(users[0]), deviceId: me.deviceId, sessionId: me.sessionId };
     },
   };
+}
+
+/** The `sid` claim of a JWT already verified elsewhere. */
+function sessionIdOf(token: string): string | undefined {
+  try {
+    const payload = JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString("utf8")) as { sid?: unknown };
+    return typeof payload.sid === "string" ? payload.sid : undefined;
+  } catch {
+    return undefined;
+  }
 }

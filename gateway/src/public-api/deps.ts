@@ -10,6 +10,8 @@ export interface PublicApiDeps {
   groups: Client<typeof GroupsService>;
   messagestore: Client<typeof MessageStoreService>;
   authenticate(token: string): Promise<Principal>;
+  /** The session was revoked: close its connections on this gateway. */
+  sessionRevoked(sessionId: string): void;
 }
 
 /** The bearer token of a Connect call, or Unauthenticated. */

@@ -282,7 +282,14 @@ describe("embedded platform, end to end (as started by npm start)", () => {
       await rejectsWith(api(p.publicUrl, r.tokens!.accessToken).auth.me({}), Code.Unauthenticated);
 
       const t = await api(p.publicUrl).auth.logIn({ username: "bob", password: PASSWORD });
+      const live = await FrameClient.connect(p.wsUrl, t.tokens!.accessToken);
+      const other = await FrameClient.connect(p.wsUrl, bob.token);
       await api(p.publicUrl, t.tokens!.accessToken).auth.logOut({});
+      assert.equal(await live.waitForClose(), 4001, "the logged-out session's socket is closed");
+      other.send({ ref: 42, kind: { case: "ping", value: { nonce: 42n } } });
+      await other.waitFor("another session of the same user stays", (f) => f.ref === 42);
+      assert.equal(other.closeCode, undefined);
+      await other.close();
       await rejectsWith(api(p.publicUrl, t.tokens!.accessToken).auth.me({}), Code.Unauthenticated);
       assert.equal(
         await FrameClient.upgradeStatus(p.wsUrl, ["parley.v1"], { authorization: `Bearer ${t.tokens!.accessToken}` }),
