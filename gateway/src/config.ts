@@ -1,3 +1,5 @@
+import { envInt as int, type Env } from "../../lib/env.js";
+
 export interface GatewayConfig {
   /** Unique among live gateways; the registry points at it. */
   id: string;
@@ -30,15 +32,7 @@ export interface GatewayConfig {
   logLevel: string;
 }
 
-function int(env: Record<string, string | undefined>, name: string, def: number, min: number, max: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === "") return def;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: expected an integer in [${min}, ${max}], got "${raw}"`);
-  return n;
-}
-
-export function loadConfig(env: Record<string, string | undefined>): GatewayConfig {
+export function loadConfig(env: Env): GatewayConfig {
   const cfg: GatewayConfig = {
     id: env.PARLEY_GATEWAY_ID ?? "gw-1",
     host: env.PARLEY_HOST ?? "127.0.0.1",

@@ -5,7 +5,8 @@ import { ConversationKind } from "../../../gen/parley/client/v1/types_pb.js";
 import { ConversationKind as InternalKind, type Conversation } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import type { Head } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { invalid, pageLimit, requireUuid } from "../../../lib/validate.js";
-import { publicMessage, publicUser } from "./convert.js";
+import { clientMessage } from "../../../lib/client-message.js";
+import { publicUser } from "./convert.js";
 import { caller, type PublicApiDeps } from "./deps.js";
 
 const MAX_USERS_PER_CALL = 200;
@@ -74,7 +75,7 @@ export function chatService(deps: PublicApiDeps): ServiceImpl<typeof ChatService
       const { messages } = await deps.messagestore.getHistory({ conversationId, beforeSeq: req.beforeSeq, limit });
       const last = messages[messages.length - 1];
       return {
-        messages: messages.map(publicMessage),
+        messages: messages.map(clientMessage),
         nextBeforeSeq: messages.length === limit && last && last.seq > 1n ? last.seq : 0n,
       };
     },

@@ -1,7 +1,6 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { TokensSchema } from "../../../gen/parley/client/v1/auth_service_pb.js";
-import type { MessageSchema, UserSchema } from "../../../gen/parley/client/v1/types_pb.js";
-import type { Message as StoredMessage } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import type { UserSchema } from "../../../gen/parley/client/v1/types_pb.js";
 import type { Tokens, User } from "../../../gen/parley/session/v1/session_service_pb.js";
 
 /** Internal (session.v1) user → public (client.v1) user. */
@@ -20,17 +19,4 @@ export function publicTokens(t: Tokens | undefined): MessageInitShape<typeof Tok
       deviceId: t.deviceId,
     }
   );
-}
-
-export function publicMessage(m: StoredMessage): MessageInitShape<typeof MessageSchema> {
-  return {
-    conversationId: m.conversationId,
-    seq: m.seq,
-    messageId: m.messageId,
-    senderId: m.senderId,
-    senderDeviceId: m.senderDeviceId,
-    clientMsgId: m.clientMsgId,
-    body: m.body,
-    sentAt: m.sentAt,
-  };
 }

@@ -1,4 +1,5 @@
 import { join } from "node:path";
+import { envPort, envString, type Env } from "../../../lib/env.js";
 
 export interface GroupsConfig {
   host: string;
@@ -8,13 +9,11 @@ export interface GroupsConfig {
   logLevel: string;
 }
 
-export function loadConfig(env: Record<string, string | undefined>): GroupsConfig {
-  const port = Number(env.PARLEY_GROUPS_PORT ?? 7105);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PARLEY_GROUPS_PORT: bad port ${env.PARLEY_GROUPS_PORT}`);
+export function loadConfig(env: Env): GroupsConfig {
   return {
-    host: env.PARLEY_HOST ?? "127.0.0.1",
-    port,
-    dataDir: join(env.PARLEY_DATA_DIR ?? "data", "groups"),
-    logLevel: env.PARLEY_LOG_LEVEL ?? "info",
+    host: envString(env, "PARLEY_HOST", "127.0.0.1"),
+    port: envPort(env, "PARLEY_GROUPS_PORT", 7105),
+    dataDir: join(envString(env, "PARLEY_DATA_DIR", "data"), "groups"),
+    logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),
   };
 }

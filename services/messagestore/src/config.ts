@@ -1,4 +1,5 @@
 import { join } from "node:path";
+import { envPort, envString, type Env } from "../../../lib/env.js";
 
 export interface MessageStoreConfig {
   host: string;
@@ -10,17 +11,11 @@ export interface MessageStoreConfig {
 }
 
 /** The message store's configuration from environment variables, with defaults and checks. */
-export function loadConfig(env: Record<string, string | undefined>): MessageStoreConfig {
-  const portText = env.PARLEY_MESSAGESTORE_PORT ?? "7103";
-  const port = Number(portText);
-  if (!/^\d+$/.test(portText) || port > 65535) {
-    throw new Error(`PARLEY_MESSAGESTORE_PORT: bad port ${JSON.stringify(portText)}`);
-  }
-  const dataDir = env.PARLEY_DATA_DIR || "data";
+export function loadConfig(env: Env): MessageStoreConfig {
   return {
-    host: env.PARLEY_HOST ?? "127.0.0.1",
-    port,
-    dataDir: join(dataDir, "messagestore"),
-    logLevel: env.PARLEY_LOG_LEVEL ?? "info",
+    host: envString(env, "PARLEY_HOST", "127.0.0.1"),
+    port: envPort(env, "PARLEY_MESSAGESTORE_PORT", 7103),
+    dataDir: join(envString(env, "PARLEY_DATA_DIR", "data"), "messagestore"),
+    logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),
   };
 }

@@ -1,11 +1,15 @@
+import { envPort, envString, type Env } from "../../../lib/env.js";
+
 export interface NotifyConfig {
   host: string;
   port: number;
   logLevel: string;
 }
 
-export function loadConfig(env: Record<string, string | undefined>): NotifyConfig {
-  const port = Number(env.PARLEY_NOTIFY_PORT ?? 7106);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PARLEY_NOTIFY_PORT: bad port ${env.PARLEY_NOTIFY_PORT}`);
-  return { host: env.PARLEY_HOST ?? "127.0.0.1", port, logLevel: env.PARLEY_LOG_LEVEL ?? "info" };
+export function loadConfig(env: Env): NotifyConfig {
+  return {
+    host: envString(env, "PARLEY_HOST", "127.0.0.1"),
+    port: envPort(env, "PARLEY_NOTIFY_PORT", 7106),
+    logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),
+  };
 }

@@ -1,3 +1,5 @@
+import { envInt, envPort, envString, type Env } from "../../../lib/env.js";
+
 export interface PresenceConfig {
   host: string;
   port: number;
@@ -6,10 +8,11 @@ export interface PresenceConfig {
   logLevel: string;
 }
 
-export function loadConfig(env: Record<string, string | undefined>): PresenceConfig {
-  const port = Number(env.PARLEY_PRESENCE_PORT ?? 7104);
-  const ttlSeconds = Number(env.PARLEY_PRESENCE_TTL_SECONDS ?? 60);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PARLEY_PRESENCE_PORT: bad port ${env.PARLEY_PRESENCE_PORT}`);
-  if (!(ttlSeconds > 0)) throw new Error(`PARLEY_PRESENCE_TTL_SECONDS must be positive`);
-  return { host: env.PARLEY_HOST ?? "127.0.0.1", port, ttlMs: ttlSeconds * 1000, logLevel: env.PARLEY_LOG_LEVEL ?? "info" };
+export function loadConfig(env: Env): PresenceConfig {
+  return {
+    host: envString(env, "PARLEY_HOST", "127.0.0.1"),
+    port: envPort(env, "PARLEY_PRESENCE_PORT", 7104),
+    ttlMs: envInt(env, "PARLEY_PRESENCE_TTL_SECONDS", 60, 1, 86_400) * 1000,
+    logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),
+  };
 }

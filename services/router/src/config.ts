@@ -1,4 +1,5 @@
 import type { Instance } from "../../../lib/discovery/discovery.js";
+import { envInt, envPort, envString, type Env } from "../../../lib/env.js";
 
 export interface RouterConfig {
   host: string;
@@ -24,18 +25,16 @@ export function parseGateways(spec: string | undefined): Instance[] {
   });
 }
 
-export function loadConfig(env: Record<string, string | undefined>): RouterConfig {
-  const port = Number(env.PARLEY_ROUTER_PORT ?? 7102);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PARLEY_ROUTER_PORT: bad port ${env.PARLEY_ROUTER_PORT}`);
+export function loadConfig(env: Env): RouterConfig {
   return {
-    host: env.PARLEY_HOST ?? "127.0.0.1",
-    port,
+    host: envString(env, "PARLEY_HOST", "127.0.0.1"),
+    port: envPort(env, "PARLEY_ROUTER_PORT", 7102),
     groupsUrl: env.PARLEY_GROUPS_URL ?? "http://127.0.0.1:7105",
     messagestoreUrl: env.PARLEY_MESSAGESTORE_URL ?? "http://127.0.0.1:7103",
     notifyUrl: env.PARLEY_NOTIFY_URL ?? "http://127.0.0.1:7106",
     gateways: parseGateways(env.PARLEY_GATEWAYS),
-    membershipCacheEntries: Number(env.PARLEY_ROUTER_MEMBERSHIP_CACHE ?? 100_000),
+    membershipCacheEntries: envInt(env, "PARLEY_ROUTER_MEMBERSHIP_CACHE", 100_000, 1, 100_000_000),
     groupMembershipTtlMs: 30_000,
-    logLevel: env.PARLEY_LOG_LEVEL ?? "info",
+    logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),
   };
 }

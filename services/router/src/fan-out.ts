@@ -5,6 +5,7 @@ import { MessageSchema as ClientMessageSchema } from "../../../gen/parley/client
 import type { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import type { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
+import { clientMessage } from "../../../lib/client-message.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import { GatewayOutbox } from "./gateway-outbox.js";
@@ -148,16 +149,7 @@ export function encodeMessageFrame(m: Message): Uint8Array {
     create(ServerFrameSchema, {
       kind: {
         case: "message",
-        value: create(ClientMessageSchema, {
-          conversationId: m.conversationId,
-          seq: m.seq,
-          messageId: m.messageId,
-          senderId: m.senderId,
-          senderDeviceId: m.senderDeviceId,
-          clientMsgId: m.clientMsgId,
-          body: m.body,
-          sentAt: m.sentAt,
-        }),
+        value: create(ClientMessageSchema, clientMessage(m)),
       },
     }),
   );

@@ -1,4 +1,7 @@
 import { join } from "node:path";
+import { ConfigError, envInt as int, envString as nonEmpty, type Env } from "../../../lib/env.js";
+
+export { ConfigError, type Env };
 
 export interface SessionConfig {
   /** Address the standalone gRPC server binds. */
@@ -12,13 +15,7 @@ export interface SessionConfig {
   logLevel: string;
 }
 
-export type Env = Readonly<Record<string, string | undefined>>;
-
 const LOG_LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
-
-export class ConfigError extends Error {
-  override readonly name = "ConfigError";
-}
 
 /** The session service's settings from the environment: defaults and checks, nothing else. */
 export function loadConfig(env: Env): SessionConfig {
@@ -44,16 +41,3 @@ export function sessionDbDir(cfg: SessionConfig): string {
   return join(cfg.dataDir, "session");
 }
 
-function nonEmpty(env: Env, name: string, def: string): string {
-  const v = env[name]?.trim();
-  return v === undefined || v === "" ? def : v;
-}
-
-function int(env: Env, name: string, def: number, min: number, max: number): number {
-  const raw = env[name]?.trim();
-  if (raw === undefined || raw === "") return def;
-  if (!/^\d+$/.test(raw)) throw new ConfigError(`${name}: must be an integer, got "${raw}"`);
-  const n = Number(raw);
-  if (n < min || n > max) throw new ConfigError(`${name}: must be between ${min} and ${max}, got ${n}`);
-  return n;
-}
