@@ -108,8 +108,9 @@ export class GatewayCore {
   onFrame(conn: Connection, decoded: Decoded): void {
     this.stats.framesIn++;
     if (!conn.takeToken(this.deps.clock(), this.cfg.framesPerSecond, this.cfg.frameBurst)) {
-      const ref = decoded.ok ? decoded.frame.ref : 0;
-      this.reply(conn, errorFrame(ErrorCode.RATE_LIMITED, "too many frames; slow down", ref));
+      const frame = decoded.ok ? decoded.frame : undefined;
+      const clientMsgId = frame?.kind.case === "send" ? frame.kind.value.clientMsgId : "";
+      this.reply(conn, errorFrame(ErrorCode.RATE_LIMITED, "too many frames; slow down", frame?.ref ?? 0, clientMsgId));
       return;
     }
     if (!decoded.ok) {
