@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createLogger, type Logger } from "./logger.js";
 import { startGrpcServer, type GrpcServer, type Routes } from "./rpc.js";
+import { onShutdownSignal } from "./shutdown.js";
 
 export interface ServiceProcess {
   name: string;
@@ -20,21 +21,14 @@ export async function runServiceProcess(p: ServiceProcess): Promise<GrpcServer> 
   const logger = createLogger(p.name, p.logLevel);
   const ctx = await p.start(logger);
   const server = await startGrpcServer({ host: p.host, port: p.port, routes: ctx.routes, services: p.services, logger });
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, "shutting down");
-    server
-      .close()
-      .then(() => ctx.close())
-      .then(() => logger.info("stopped"))
-      .catch((err: unknown) => {
-        logger.error({ err }, "shutdown failed");
-        process.exitCode = 1;
-      });
-  };
-  process.once("SIGTERM", () => stop("SIGTERM"));
-  process.once("SIGINT", () => stop("SIGINT"));
+  onShutdownSignal(
+    async (signal) => {
+      logger.info({ signal }, "shutting down");
+      await server.close();
+      await ctx.close();
+      logger.info("stopped");
+    },
+    (err) => logger.error({ err }, "shutdown failed"),
+  );
   return server;
 }

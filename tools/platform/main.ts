@@ -1,3 +1,4 @@
+import { onShutdownSignal } from "../../lib/shutdown.js";
 import { startPlatform } from "./platform.js";
 
 /** `npm start`: the whole platform in one process, no external servers. */
@@ -15,17 +16,10 @@ Parley is running (embedded mode, data in ${platform.dataDir}).
   Chat from a terminal:  npm run cli -- --server ${platform.publicUrl}
 Press Ctrl-C to stop.
 `);
-let stopping = false;
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  process.once(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    platform.stop().then(
-      () => console.log("Parley stopped."),
-      (err: unknown) => {
-        console.error(err);
-        process.exitCode = 1;
-      },
-    );
-  });
-}
+onShutdownSignal(
+  async () => {
+    await platform.stop();
+    console.log("Parley stopped.");
+  },
+  (err) => console.error(err),
+);

@@ -12,14 +12,17 @@ import type { Encoding } from "./protocol.js";
 
 export type ServerFrameInit = MessageInitShape<typeof ServerFrameSchema>;
 
-export type Decoded = { ok: true; frame: ClientFrame } | { ok: false; code: ErrorCode; message: string };
+/** A decoded frame, or the error to answer with (`ref` when the frame decoded far enough to have one). */
+export type Decoded = { ok: true; frame: ClientFrame } | { ok: false; code: ErrorCode; message: string; ref?: number };
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
 /**
  * Decodes one client frame: binary frames are protobuf, text frames the protobuf JSON
  * mapping. `data` is only valid during the call (uWS reuses it); decoding copies
- * everything it keeps.
+ * everything it keeps. Fields this server does not know are skipped in both encodings,
+ * so a frame kind added later is UNKNOWN_FRAME (not MALFORMED_FRAME) whichever way it
+ * comes.
  */
 export function decodeClientFrame(data: ArrayBuffer, isBinary: boolean, maxBytes: number): Decoded {
   if (data.byteLength > maxBytes) {
@@ -29,12 +32,12 @@ export function decodeClientFrame(data: ArrayBuffer, isBinary: boolean, maxBytes
   try {
     frame = isBinary
       ? fromBinary(ClientFrameSchema, new Uint8Array(data))
-      : fromJsonString(ClientFrameSchema, textDecoder.decode(data));
+      : fromJsonString(ClientFrameSchema, textDecoder.decode(data), { ignoreUnknownFields: true });
   } catch (err) {
     return { ok: false, code: ErrorCode.MALFORMED_FRAME, message: `cannot decode frame: ${(err as Error).message}` };
   }
   if (frame.kind.case === undefined) {
-    return { ok: false, code: ErrorCode.UNKNOWN_FRAME, message: "frame has no kind this server knows" };
+    return { ok: false, code: ErrorCode.UNKNOWN_FRAME, message: "frame has no kind this server knows", ref: frame.ref };
   }
   return { ok: true, frame };
 }

@@ -41,6 +41,11 @@ export class GatewayCore {
   private pendingAdd: Connection[] = [];
   private pendingRemove: DeviceEntry[] = [];
   private flushScheduled = false;
+  /**
+   * The registry writes, one flush at a time: an add still in flight must not land
+   * after the remove of the same device (that would leave an entry for a closed socket).
+   */
+  private flushes: Promise<void> = Promise.resolve();
   /** Users whose last connection here closed since the last presence report. */
   private wentOffline = new Set<string>();
   private presenceTimer: NodeJS.Timeout | undefined;
@@ -75,6 +80,12 @@ export class GatewayCore {
   /** The socket is open: register it; Hello follows once the registry knows it. */
   open(conn: Connection, socket: SocketPort): void {
     conn.socket = socket;
+    if (this.draining) {
+      // Authenticated before the drain, upgraded after it: nothing would ever close it.
+      conn.closed = true;
+      socket.close(CloseCode.GOING_AWAY, "gateway shutting down: reconnect");
+      return;
+    }
     this.stats.connections++;
     const list = this.byUser.get(conn.principal.userId);
     if (list) list.push(conn);
@@ -114,7 +125,7 @@ export class GatewayCore {
       return;
     }
     if (!decoded.ok) {
-      this.reply(conn, errorFrame(decoded.code, decoded.message));
+      this.reply(conn, errorFrame(decoded.code, decoded.message, decoded.ref));
       return;
     }
     const frame: ClientFrame = decoded.frame;
@@ -235,7 +246,12 @@ export class GatewayCore {
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    setImmediate(() => void this.flush());
+    setImmediate(() => void this.queueFlush());
+  }
+
+  private queueFlush(): Promise<void> {
+    this.flushes = this.flushes.then(() => this.flush());
+    return this.flushes;
   }
 
   /** One registry write for every connection opened or closed since the last flush. */
@@ -327,7 +343,7 @@ export class GatewayCore {
     const all = [...this.byUser.values()].flat();
     for (const c of all) c.socket?.close(CloseCode.GOING_AWAY, "gateway shutting down: reconnect");
     for (const c of all) this.close(c);
-    await this.flush();
+    await this.queueFlush();
     await this.reportPresence();
   }
 }

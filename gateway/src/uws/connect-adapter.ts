@@ -43,6 +43,11 @@ export interface MountConnectOptions extends Omit<ConnectRouterOptions, "grpc"> 
    * whole app's fallback). Unknown procedures of mounted services get 404 regardless.
    */
   notFoundFallback?: boolean;
+  /**
+   * Asked at the end of every response: true closes the connection after it instead of
+   * keeping it alive (a draining server uses it so keep-alive clients let go).
+   */
+  closeConnections?(): boolean;
   /** Failures that cannot reach the client (handler crashed, write failed). pino-compatible. */
   logger?: { error(obj: object, msg: string): void };
 }
@@ -61,7 +66,7 @@ export function mountConnect(app: TemplatedApp, routes: Routes, opts: MountConne
   if (!Number.isSafeInteger(opts.maxRequestBytes) || opts.maxRequestBytes < 0) {
     throw new RangeError(`maxRequestBytes must be a non-negative integer, got ${opts.maxRequestBytes}`);
   }
-  const { maxRequestBytes, requestPathPrefix, contextValues, notFoundFallback, logger, ...routerOpts } = opts;
+  const { maxRequestBytes, requestPathPrefix, contextValues, notFoundFallback, logger, closeConnections, ...routerOpts } = opts;
   const router = createConnectRouter({
     acceptCompression: [compressionGzip, compressionBrotli],
     // Applies to each (decompressed) message; the adapter limits the whole body.
@@ -78,7 +83,7 @@ export function mountConnect(app: TemplatedApp, routes: Routes, opts: MountConne
   for (const handler of router.handlers) byPath.set(prefix + handler.requestPath, handler);
   const services = new Set<string>();
   for (const [path, handler] of byPath) {
-    const serve = (res: HttpResponse, req: HttpRequest) => serveRequest(res, req, handler, path, maxRequestBytes, contextValues, log);
+    const serve = (res: HttpResponse, req: HttpRequest) => serveRequest(res, req, handler, path, maxRequestBytes, contextValues, closeConnections, log);
     app.post(path, serve);
     if (handler.allowedMethods.includes("GET")) app.get(path, serve);
     const allow = handler.allowedMethods.join(", ");
@@ -105,9 +110,10 @@ function serveRequest(
   path: string,
   maxRequestBytes: number,
   contextValues: MountConnectOptions["contextValues"],
+  closeConnections: MountConnectOptions["closeConnections"],
   log: Log,
 ): void {
-  const call = new UwsCall(res);
+  const call = new UwsCall(res, closeConnections);
   let uReq: UniversalServerRequest;
   try {
     const header = new Headers();
@@ -172,7 +178,10 @@ class UwsCall {
   private watchingWritable = false;
   private abortListeners: (() => void)[] = [];
 
-  constructor(private readonly res: HttpResponse) {
+  constructor(
+    private readonly res: HttpResponse,
+    private readonly closeConnections: (() => boolean) | undefined,
+  ) {
     res.onAborted(() => {
       this.aborted = true;
       this.finished = true;
@@ -250,7 +259,10 @@ class UwsCall {
     // A body we stopped reading (too big, or the handler did not need it) would have to
     // be read and thrown away to reuse the connection: close it instead.
     // Connect asks for it too when a client tried full-duplex over HTTP/1.1.
-    const close = !this.requestComplete || uRes.header?.get("connection")?.toLowerCase() === "close";
+    const close =
+      !this.requestComplete ||
+      uRes.header?.get("connection")?.toLowerCase() === "close" ||
+      this.closeConnections?.() === true;
     this.res.cork(() => {
       if (!this.headersSent) this.writeHead(uRes);
       this.res.end(body, close);

@@ -112,11 +112,17 @@ export async function startPublicServer(
   app.get("/healthz", (res) => {
     res.cork(() => {
       if (core.accepting) res.writeHeader("content-type", "text/plain").end("ok");
-      else res.writeStatus("503 Service Unavailable").end("draining");
+      else res.writeStatus("503 Service Unavailable").end("draining", true);
     });
   });
 
-  mountConnect(app, api, { maxRequestBytes: cfg.maxRequestBytes, notFoundFallback: true, logger });
+  mountConnect(app, api, {
+    maxRequestBytes: cfg.maxRequestBytes,
+    notFoundFallback: true,
+    logger,
+    // While draining, every response closes its keep-alive connection.
+    closeConnections: () => !core.accepting,
+  });
 
   const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
     app.listen(cfg.host, cfg.publicPort, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${cfg.host}:${cfg.publicPort}`))));

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import net from "node:net";
 import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
@@ -72,6 +73,11 @@ class Proc {
   /** SIGTERM, then the exit status, failing when the process is still alive at the deadline. */
   async terminate(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (!this.exit) this.child.kill("SIGTERM");
+    return this.exited();
+  }
+
+  /** The exit status, failing when the process is still alive at the deadline. */
+  async exited(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     try {
       return await this.signal.until(`${this.name} to exit after SIGTERM`, () => this.exit, EXIT_DEADLINE_MS);
     } catch (err) {
@@ -173,13 +179,37 @@ describe("every standalone process starts, serves health, and exits 0 on SIGTERM
     });
   }
 
-  it("gateway exits 0 on SIGTERM and closes its WebSocket with 1001", async () => {
+  it("gateway drains on SIGTERM: WebSocket closed with 1001, keep-alive HTTP let go, exit 0", async () => {
     const p = procs.get("gateway")!;
-    const { code, signal } = await p.terminate();
+    assert.ok(ws, "no WebSocket was opened");
+    // An HTTP/1.1 keep-alive client, as a load balancer's health checker would be.
+    const port = Number(new URL(publicUrl).port);
+    const http = net.connect(port, "127.0.0.1");
+    const received = new Signal();
+    let text = "";
+    let closedByServer = false;
+    http.on("data", (d) => {
+      text += d.toString();
+      received.changed();
+    });
+    http.on("close", () => {
+      closedByServer = true;
+      received.changed();
+    });
+    const get = "GET /healthz HTTP/1.1\r\nHost: parley\r\n\r\n";
+    http.write(get);
+    await received.until("200 from /healthz", () => text.includes("\r\n\r\nok"));
+    assert.match(text, /^HTTP\/1\.1 200/);
+
+    p.child.kill("SIGTERM");
+    assert.equal(await ws.waitForClose(), 1001);
+    text = "";
+    http.write(get);
+    await received.until("503 and the connection closed", () => closedByServer && text.length > 0);
+    assert.match(text, /^HTTP\/1\.1 503/);
+
+    const { code, signal } = await p.exited();
     assert.equal(signal, null, `gateway was killed by ${signal}\n${p.dump()}`);
     assert.equal(code, 0, `gateway exited with ${code}\n${p.dump()}`);
-    assert.ok(ws, "no WebSocket was opened");
-    assert.equal(await ws.waitForClose(), 1001);
-    console.log(Date.now(), p.dump());
   });
 });

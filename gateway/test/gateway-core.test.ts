@@ -1,0 +1,688 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { afterEach, beforeEach, describe, it, mock } from "node:test";
+import { create, fromBinary, fromJsonString, toBinary, toJsonString } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { ClientFrameSchema, ErrorCode, ServerFrameSchema, type ServerFrame } from "../../gen/parley/client/v1/frames_pb.js";
+import { DeliverRequestSchema } from "../../gen/parley/gateway/v1/delivery_service_pb.js";
+import { PresenceService, type ReportConnectionsRequest } from "../../gen/parley/presence/v1/presence_service_pb.js";
+import { RouterService, type SendRequest } from "../../gen/parley/router/v1/router_service_pb.js";
+import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
+import { createLogger } from "../../lib/logger.js";
+import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
+import type { DeviceEntry } from "../../lib/registry/connection-registry.js";
+import { loadConfig, type GatewayConfig } from "../src/config.js";
+import type { Connection, Principal, SocketPort } from "../src/core/connection.js";
+import { decodeClientFrame } from "../src/core/frames.js";
+import { GatewayCore } from "../src/core/gateway-core.js";
+import { CloseCode, type Encoding } from "../src/core/protocol.js";
+
+const GW = "gw-test";
+
+function deferred<T = void>() {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** Lets queued immediates and promise callbacks run until `check` holds (a bounded number of turns; no sleeping). */
+async function until(what: string, check: () => boolean, turns = 200): Promise<void> {
+  for (let i = 0; i < turns; i++) {
+    if (check()) return;
+    await new Promise<void>((r) => setImmediate(r));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+/** A fake socket: records what the core writes, corks and closes. */
+class FakeSocket implements SocketPort {
+  readonly writes: { data: Uint8Array | string; binary: boolean; corked: boolean }[] = [];
+  readonly closes: { code: number; reason: string }[] = [];
+  corks = 0;
+  private corked = false;
+  /** What send() answers: false simulates a full send buffer. */
+  accepts = true;
+  /** Called on every send, before it is recorded (assertions about the moment of a write). */
+  onSend: ((data: Uint8Array | string) => void) | undefined;
+  /** Like uWS: close() runs the close handler at once. */
+  onClose: (() => void) | undefined;
+
+  send(data: Uint8Array | string, binary: boolean): boolean {
+    this.onSend?.(data);
+    assert.equal(binary, typeof data !== "string", "binary flag matches the data");
+    this.writes.push({ data, binary, corked: this.corked });
+    return this.accepts;
+  }
+
+  cork(fn: () => void): void {
+    this.corks++;
+    this.corked = true;
+    try {
+      fn();
+    } finally {
+      this.corked = false;
+    }
+  }
+
+  close(code: number, reason: string): void {
+    this.closes.push({ code, reason });
+    this.onClose?.();
+  }
+
+  get frames(): ServerFrame[] {
+    return this.writes.map((w) =>
+      typeof w.data === "string" ? fromJsonString(ServerFrameSchema, w.data) : fromBinary(ServerFrameSchema, w.data),
+    );
+  }
+
+  kinds(): (string | undefined)[] {
+    return this.frames.map((f) => f.kind.case);
+  }
+
+  errors() {
+    return this.frames.flatMap((f) => (f.kind.case === "error" ? [{ ref: f.ref, ...f.kind.value }] : []));
+  }
+}
+
+/** The memory registry, counting calls, with an optional gate or failure on add. */
+class TestRegistry extends MemoryConnectionRegistry {
+  readonly calls: string[] = [];
+  failAdd: Error | undefined;
+  addGate: Promise<void> | undefined;
+
+  override async add(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
+    this.calls.push(`add ${entries.length}`);
+    if (this.addGate) await this.addGate;
+    if (this.failAdd) throw this.failAdd;
+    await super.add(gatewayId, entries);
+  }
+
+  override async remove(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
+    this.calls.push(`remove ${entries.length}`);
+    await super.remove(gatewayId, entries);
+  }
+}
+
+interface Harness {
+  core: GatewayCore;
+  registry: TestRegistry;
+  clock: { now: number };
+  routerCalls: SendRequest[];
+  /** Replaces the router's Send implementation. */
+  routerImpl: { send: (req: SendRequest) => Promise<Record<string, unknown>> };
+  presenceReports: ReportConnectionsRequest[];
+  presenceFail: { next: boolean };
+  cfg: GatewayConfig;
+}
+
+function harness(env: Record<string, string> = {}): Harness {
+  const cfg = { ...loadConfig({ PARLEY_FRAMES_PER_SECOND: "10", PARLEY_FRAME_BURST: "3", PARLEY_MAX_INFLIGHT_SENDS: "2", ...env }), id: GW };
+  const registry = new TestRegistry();
+  const clock = { now: 1_000_000 };
+  const routerCalls: SendRequest[] = [];
+  const routerImpl: Harness["routerImpl"] = {
+    send: async (req) => ({
+      conversationId: req.conversationId,
+      seq: BigInt(routerCalls.length),
+      messageId: `m-${routerCalls.length}`,
+      sentAt: timestampFromMs(1_700_000_000_000),
+      duplicate: false,
+    }),
+  };
+  const presenceReports: ReportConnectionsRequest[] = [];
+  const presenceFail = { next: false };
+  const router = createClient(
+    RouterService,
+    createRouterTransport((r) =>
+      r.service(RouterService, {
+        send: async (req) => {
+          routerCalls.push(req);
+          return routerImpl.send(req);
+        },
+      }),
+    ),
+  );
+  const presence = createClient(
+    PresenceService,
+    createRouterTransport((r) =>
+      r.service(PresenceService, {
+        reportConnections: (req) => {
+          if (presenceFail.next) {
+            presenceFail.next = false;
+            throw new ConnectError("presence down", Code.Unavailable);
+          }
+          presenceReports.push(req);
+          return {};
+        },
+      }),
+    ),
+  );
+  const session = createClient(
+    SessionService,
+    createRouterTransport((r) =>
+      r.service(SessionService, {
+        authenticate: (req) => {
+          if (req.accessToken !== "good") throw new ConnectError("bad token", Code.Unauthenticated);
+          return { principal: { userId: "u", deviceId: "d", sessionId: "s" } };
+        },
+      }),
+    ),
+  );
+  const core = new GatewayCore(cfg, { session, router, presence, registry, clock: () => clock.now, logger: createLogger("test", "silent") });
+  return { core, registry, clock, routerCalls, routerImpl, presenceReports, presenceFail, cfg };
+}
+
+let seq = 0;
+function principal(userId: string = randomUUID(), deviceId: string = randomUUID()): Principal {
+  return { userId, deviceId, sessionId: `session-${++seq}` };
+}
+
+/** Opens a connection on a fake socket wired like uWS (close() runs core.close). */
+function connect(h: Harness, p: Principal = principal(), encoding: Encoding = "binary") {
+  const conn = h.core.newConnection(p, encoding);
+  const socket = new FakeSocket();
+  socket.onClose = () => h.core.close(conn);
+  h.core.open(conn, socket);
+  return { conn, socket, p };
+}
+
+async function connected(h: Harness, p?: Principal, encoding?: Encoding) {
+  const c = connect(h, p, encoding);
+  await until("hello", () => c.socket.writes.length > 0);
+  return c;
+}
+
+async function registered(h: Harness, userId: string): Promise<string[] | undefined> {
+  return (await h.registry.lookup([userId])).get(userId);
+}
+
+function frameIn(conn: Connection, h: Harness, frame: Parameters<typeof create<typeof ClientFrameSchema>>[1]): void {
+  const bytes = toBinary(ClientFrameSchema, create(ClientFrameSchema, frame));
+  h.core.onFrame(conn, decodeClientFrame(bytes.slice().buffer, true, h.cfg.maxFrameBytes));
+}
+
+function sendFrame(ref: number, body = "hi", conversationId: string = randomUUID(), clientMsgId: string = randomUUID()) {
+  return { ref, kind: { case: "send" as const, value: { clientMsgId, conversationId, body } } };
+}
+
+function messageFrame(body: string): Uint8Array {
+  return toBinary(
+    ServerFrameSchema,
+    create(ServerFrameSchema, { kind: { case: "message", value: { conversationId: "c", seq: 1n, messageId: body, body } } }),
+  );
+}
+
+describe("GatewayCore: connection lifecycle", () => {
+  let h: Harness;
+  beforeEach(() => (h = harness()));
+  afterEach(() => h.core.drain());
+
+  it("Hello is the first frame, written only once the registry holds the device", async () => {
+    const gate = deferred();
+    h.registry.addGate = gate.promise;
+    const p = principal();
+    const conn = h.core.newConnection(p, "binary");
+    const socket = new FakeSocket();
+    let registeredAtHello: string[] | undefined;
+    let helloSeen = false;
+    socket.onSend = () => {
+      if (helloSeen) return;
+      helloSeen = true;
+      // The memory registry answers synchronously inside its async function: peek at its state.
+      void h.registry.lookup([p.userId]).then((m) => (registeredAtHello = m.get(p.userId)));
+    };
+    h.core.open(conn, socket);
+    await until("registry add called", () => h.registry.calls.includes("add 1"));
+    for (let i = 0; i < 20; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.equal(socket.writes.length, 0, "nothing before the registry answered");
+    assert.equal(await registered(h, p.userId), undefined);
+    gate.resolve();
+    await until("hello", () => socket.writes.length > 0);
+    await until("lookup at hello", () => registeredAtHello !== undefined);
+    assert.deepEqual(registeredAtHello, [GW]);
+    const [hello] = socket.frames;
+    assert.equal(hello?.kind.case, "hello");
+    if (hello?.kind.case !== "hello") return;
+    assert.equal(hello.ref, 0);
+    assert.equal(hello.kind.value.userId, p.userId);
+    assert.equal(hello.kind.value.deviceId, p.deviceId);
+    assert.equal(hello.kind.value.sessionId, p.sessionId);
+    assert.equal(hello.kind.value.gatewayId, GW);
+    assert.equal(hello.kind.value.maxFrameBytes, h.cfg.maxFrameBytes);
+    assert.equal(hello.kind.value.idleTimeoutSeconds, h.cfg.idleTimeoutSeconds);
+    assert.ok(conn.ready);
+  });
+
+  it("frames written before Hello wait and follow it, in order, in the same cork", async () => {
+    const gate = deferred();
+    h.registry.addGate = gate.promise;
+    const { conn, socket, p } = connect(h);
+    h.core.deliver(create(DeliverRequestSchema, { envelopes: [{ userIds: [p.userId], serverFrame: messageFrame("early 1") }] }));
+    frameIn(conn, h, { ref: 5, kind: { case: "ping", value: { nonce: 9n } } });
+    h.core.deliver(create(DeliverRequestSchema, { envelopes: [{ userIds: [p.userId], serverFrame: messageFrame("early 2") }] }));
+    assert.equal(socket.writes.length, 0);
+    assert.equal(socket.corks, 0, "a connection without Hello is not corked");
+    gate.resolve();
+    await until("hello", () => socket.writes.length === 4);
+    assert.deepEqual(socket.kinds(), ["hello", "message", "pong", "message"]);
+    const f = socket.frames;
+    assert.equal(f[1]!.kind.case === "message" && f[1]!.kind.value.body, "early 1");
+    assert.equal(f[2]!.ref, 5);
+    assert.equal(f[3]!.kind.case === "message" && f[3]!.kind.value.body, "early 2");
+    assert.equal(socket.corks, 1);
+    assert.ok(socket.writes.every((w) => w.corked));
+    assert.equal(conn.early, undefined);
+  });
+
+  it("registers every connection opened in the same turn with one registry call", async () => {
+    const a = connect(h);
+    const b = connect(h);
+    const c = connect(h);
+    await until("hellos", () => [a, b, c].every((x) => x.socket.writes.length === 1));
+    assert.deepEqual(h.registry.calls, ["add 3"]);
+    assert.equal(h.core.stats.connections, 3);
+  });
+
+  it("closing one of two connections of the same device keeps its entry; closing the last removes it", async () => {
+    const p = principal();
+    const one = await connected(h, p);
+    const two = await connected(h, { ...p, sessionId: "other" });
+    one.socket.close(1000, "bye");
+    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.deepEqual(await registered(h, p.userId), [GW]);
+    assert.ok(!h.registry.calls.some((c) => c.startsWith("remove")), "no remove while the device has a connection");
+    two.socket.close(1000, "bye");
+    await until("removed", () => h.registry.calls.includes("remove 1"));
+    assert.equal(await registered(h, p.userId), undefined);
+    assert.equal(h.core.stats.connections, 0);
+  });
+
+  it("a user's other device keeps the user registered when one device leaves", async () => {
+    const phone = await connected(h);
+    await connected(h, principal(phone.p.userId));
+    phone.socket.close(1000, "bye");
+    await until("removed", () => h.registry.calls.includes("remove 1"));
+    assert.deepEqual(await registered(h, phone.p.userId), [GW]);
+  });
+
+  it("a device that closes while its registration is in flight is not left in the registry", async () => {
+    const gate = deferred();
+    h.registry.addGate = gate.promise;
+    const { socket, p } = connect(h);
+    await until("add in flight", () => h.registry.calls.includes("add 1"));
+    socket.close(1000, "bye");
+    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
+    gate.resolve();
+    await until("remove", () => h.registry.calls.includes("remove 1"));
+    assert.deepEqual(h.registry.calls, ["add 1", "remove 1"], "the remove waits for the add");
+    assert.equal(await registered(h, p.userId), undefined);
+    assert.equal(socket.writes.length, 0, "no Hello on a closed socket");
+  });
+
+  it("a registry add failure closes the connections with 4013 and sends no Hello", async () => {
+    h.registry.failAdd = new Error("registry down");
+    const a = connect(h);
+    const b = connect(h);
+    await until("closed", () => a.socket.closes.length > 0 && b.socket.closes.length > 0);
+    for (const s of [a.socket, b.socket]) {
+      assert.deepEqual(s.closes.map((c) => c.code), [CloseCode.TRY_AGAIN_LATER]);
+      assert.equal(s.writes.length, 0);
+    }
+    assert.equal(h.core.stats.connections, 0);
+    h.registry.failAdd = undefined;
+    const c = await connected(h);
+    assert.equal(c.socket.kinds()[0], "hello", "the next connection works");
+  });
+
+  it("drain() closes every connection with 1001, empties the registry, refuses new sockets", async () => {
+    const a = await connected(h);
+    const b = await connected(h);
+    const b2 = await connected(h, principal(b.p.userId));
+    assert.ok(h.core.accepting);
+    await h.core.drain();
+    assert.equal(h.core.accepting, false);
+    for (const s of [a.socket, b.socket, b2.socket]) assert.deepEqual(s.closes.map((c) => c.code), [CloseCode.GOING_AWAY]);
+    assert.equal((await h.registry.lookup([a.p.userId, b.p.userId])).size, 0);
+    assert.equal(h.core.stats.connections, 0);
+    const last = h.presenceReports.at(-1);
+    assert.deepEqual(last?.onlineUserIds, []);
+    assert.deepEqual([...(last?.offlineUserIds ?? [])].sort(), [a.p.userId, b.p.userId].sort());
+    // Authenticated before the drain, upgraded after it: closed at once, never registered.
+    const late = connect(h);
+    assert.deepEqual(late.socket.closes.map((c) => c.code), [CloseCode.GOING_AWAY]);
+    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.equal(late.socket.writes.length, 0);
+    assert.equal(await registered(h, late.p.userId), undefined);
+    assert.equal(h.core.stats.connections, 0);
+  });
+
+  it("closeSession() closes exactly that session's connections with 4001", async () => {
+    const a = await connected(h);
+    const b = await connected(h, principal(a.p.userId));
+    assert.equal(h.core.closeSession(a.p.sessionId), 1);
+    assert.deepEqual(a.socket.closes.map((c) => c.code), [CloseCode.SESSION_REVOKED]);
+    assert.equal(b.socket.closes.length, 0);
+  });
+
+  it("authenticate() returns the principal, and Unauthenticated for a bad token", async () => {
+    assert.deepEqual(await h.core.authenticate("good"), { userId: "u", deviceId: "d", sessionId: "s" });
+    await assert.rejects(h.core.authenticate("bad"), (e: unknown) => ConnectError.from(e).code === Code.Unauthenticated);
+  });
+});
+
+describe("GatewayCore: frames from clients", () => {
+  let h: Harness;
+  beforeEach(() => (h = harness()));
+  afterEach(() => h.core.drain());
+
+  it("send → ack with the ref echoed; the router gets the principal's ids", async () => {
+    const { conn, socket, p } = await connected(h);
+    const conversationId = randomUUID();
+    const clientMsgId = randomUUID();
+    frameIn(conn, h, sendFrame(42, "hello there", conversationId, clientMsgId));
+    await until("ack", () => socket.writes.length === 2);
+    const ack = socket.frames[1]!;
+    assert.equal(ack.ref, 42);
+    assert.equal(ack.kind.case, "ack");
+    if (ack.kind.case !== "ack") return;
+    assert.equal(ack.kind.value.clientMsgId, clientMsgId);
+    assert.equal(ack.kind.value.conversationId, conversationId);
+    assert.equal(ack.kind.value.seq, 1n);
+    assert.equal(ack.kind.value.messageId, "m-1");
+    assert.equal(ack.kind.value.duplicate, false);
+    assert.ok(ack.kind.value.sentAt);
+    const [req] = h.routerCalls;
+    assert.equal(req?.senderId, p.userId);
+    assert.equal(req?.senderDeviceId, p.deviceId);
+    assert.equal(req?.conversationId, conversationId);
+    assert.equal(req?.clientMsgId, clientMsgId);
+    assert.equal(req?.body, "hello there");
+    assert.equal(conn.inFlightSends, 0);
+  });
+
+  it("a JSON connection gets JSON frames", async () => {
+    const { conn, socket } = await connected(h, undefined, "json");
+    frameIn(conn, h, sendFrame(1));
+    await until("ack", () => socket.writes.length === 2);
+    assert.ok(socket.writes.every((w) => typeof w.data === "string" && !w.binary));
+    assert.deepEqual(socket.kinds(), ["hello", "ack"]);
+  });
+
+  const routerErrors: [Code, ErrorCode, boolean][] = [
+    [Code.PermissionDenied, ErrorCode.PERMISSION_DENIED, false],
+    [Code.InvalidArgument, ErrorCode.INVALID_ARGUMENT, false],
+    [Code.NotFound, ErrorCode.NOT_FOUND, false],
+    [Code.Unavailable, ErrorCode.UNAVAILABLE, true],
+    [Code.DeadlineExceeded, ErrorCode.UNAVAILABLE, true],
+    [Code.ResourceExhausted, ErrorCode.RATE_LIMITED, true],
+    [Code.Internal, ErrorCode.INTERNAL, true],
+  ];
+  for (const [code, errorCode, retryable] of routerErrors) {
+    it(`router ${Code[code]} → error frame ${ErrorCode[errorCode]} with ref and client_msg_id`, async () => {
+      h.routerImpl.send = async () => {
+        throw new ConnectError("router says no", code);
+      };
+      const { conn, socket } = await connected(h);
+      const clientMsgId = randomUUID();
+      frameIn(conn, h, sendFrame(8, "hi", randomUUID(), clientMsgId));
+      await until("error", () => socket.writes.length === 2);
+      assert.deepEqual(socket.errors(), [{ ref: 8, code: errorCode, message: "router says no", retryable, clientMsgId, $typeName: "parley.client.v1.Error" }]);
+      assert.equal(conn.inFlightSends, 0);
+    });
+  }
+
+  it("bad sends are refused at the gateway with INVALID_ARGUMENT and never reach the router", async () => {
+    const { conn, socket } = await connected(h);
+    const cases = [
+      sendFrame(1, "hi", randomUUID(), "not-a-uuid"),
+      sendFrame(2, "hi", "not-a-uuid"),
+      sendFrame(3, ""),
+      sendFrame(4, "x".repeat(4001)),
+    ];
+    for (const f of cases) {
+      h.clock.now += 1000; // never rate limited
+      frameIn(conn, h, f);
+    }
+    await until("errors", () => socket.errors().length === 4);
+    assert.deepEqual(socket.errors().map((e) => [e.ref, e.code, e.retryable]), [
+      [1, ErrorCode.INVALID_ARGUMENT, false],
+      [2, ErrorCode.INVALID_ARGUMENT, false],
+      [3, ErrorCode.INVALID_ARGUMENT, false],
+      [4, ErrorCode.INVALID_ARGUMENT, false],
+    ]);
+    assert.equal(socket.errors()[0]!.clientMsgId, "not-a-uuid");
+    assert.equal(h.routerCalls.length, 0);
+  });
+
+  it("ping → pong with ref and nonce; undecodable frames → error frames, connection stays", async () => {
+    const { conn, socket } = await connected(h);
+    frameIn(conn, h, { ref: 3, kind: { case: "ping", value: { nonce: 77n } } });
+    h.core.onFrame(conn, decodeClientFrame(new Uint8Array([0xff, 0xff]).buffer, true, h.cfg.maxFrameBytes));
+    h.core.onFrame(conn, decodeClientFrame(new Uint8Array([0x08, 0x06, 0xd0, 0x05, 0x01]).buffer, true, h.cfg.maxFrameBytes));
+    const f = socket.frames;
+    assert.equal(f[1]!.kind.case === "pong" && f[1]!.kind.value.nonce, 77n);
+    assert.equal(f[1]!.ref, 3);
+    assert.deepEqual(socket.errors().map((e) => [e.ref, e.code]), [
+      [0, ErrorCode.MALFORMED_FRAME],
+      [6, ErrorCode.UNKNOWN_FRAME],
+    ]);
+    assert.equal(socket.closes.length, 0);
+    assert.equal(h.core.stats.framesIn, 3);
+  });
+
+  it("token bucket: a burst, then RATE_LIMITED (retryable, ref and client_msg_id), refilled over time up to the burst", async () => {
+    const { conn, socket } = await connected(h); // 10 frames/s, burst 3
+    const ping = (ref: number) => frameIn(conn, h, { ref, kind: { case: "ping", value: { nonce: BigInt(ref) } } });
+    const pongs = () => socket.frames.filter((f) => f.kind.case === "pong").map((f) => f.ref);
+    ping(1);
+    ping(2);
+    ping(3);
+    ping(4);
+    assert.deepEqual(pongs(), [1, 2, 3]);
+    assert.deepEqual(socket.errors().map((e) => [e.ref, e.code, e.retryable]), [[4, ErrorCode.RATE_LIMITED, true]]);
+    const clientMsgId = randomUUID();
+    frameIn(conn, h, sendFrame(5, "hi", randomUUID(), clientMsgId));
+    assert.equal(socket.errors().at(-1)?.clientMsgId, clientMsgId, "a limited send names its client_msg_id");
+    assert.equal(h.routerCalls.length, 0);
+
+    h.clock.now += 99; // 0.99 token
+    ping(6);
+    assert.equal(socket.errors().at(-1)?.ref, 6);
+    h.clock.now += 1; // 1 token (the failed attempt did not cost one)
+    ping(7);
+    ping(8);
+    assert.deepEqual(pongs(), [1, 2, 3, 7]);
+    assert.equal(socket.errors().at(-1)?.ref, 8);
+
+    h.clock.now += 60_000; // refills to the burst, not beyond
+    for (let r = 10; r < 15; r++) ping(r);
+    assert.deepEqual(pongs(), [1, 2, 3, 7, 10, 11, 12]);
+    assert.deepEqual(socket.errors().slice(-2).map((e) => e.ref), [13, 14]);
+    assert.equal(socket.closes.length, 0);
+  });
+
+  it("at most maxInFlightSends sends wait for an ack; more get RATE_LIMITED until one finishes", async () => {
+    const gates: { resolve: () => void }[] = [];
+    const normal = h.routerImpl.send;
+    h.routerImpl.send = async (req) => {
+      const g = deferred();
+      gates.push({ resolve: () => g.resolve() });
+      await g.promise;
+      return normal(req);
+    };
+    const { conn, socket } = await connected(h); // max 2 in flight
+    const third = randomUUID();
+    frameIn(conn, h, sendFrame(1));
+    frameIn(conn, h, sendFrame(2));
+    frameIn(conn, h, sendFrame(3, "hi", randomUUID(), third));
+    assert.equal(conn.inFlightSends, 2);
+    assert.deepEqual(socket.errors().map((e) => [e.ref, e.code, e.clientMsgId]), [[3, ErrorCode.RATE_LIMITED, third]]);
+    await until("both at the router", () => gates.length === 2);
+    gates[0]!.resolve();
+    await until("first ack", () => socket.frames.some((f) => f.kind.case === "ack"));
+    assert.equal(conn.inFlightSends, 1);
+    h.clock.now += 1000;
+    frameIn(conn, h, sendFrame(4));
+    assert.equal(conn.inFlightSends, 2);
+    await until("third at the router", () => gates.length === 3);
+    gates[1]!.resolve();
+    gates[2]!.resolve();
+    await until("all acks", () => socket.frames.filter((f) => f.kind.case === "ack").length === 3);
+    assert.deepEqual(socket.frames.filter((f) => f.kind.case === "ack").map((f) => f.ref), [1, 2, 4]);
+    assert.equal(conn.inFlightSends, 0);
+  });
+
+  it("a reply to a client whose send buffer is full closes it with 4008", async () => {
+    const { conn, socket } = await connected(h);
+    socket.accepts = false;
+    frameIn(conn, h, { ref: 1, kind: { case: "ping", value: {} } });
+    assert.deepEqual(socket.closes.map((c) => c.code), [CloseCode.SLOW_CONSUMER]);
+    assert.ok(conn.closed);
+    await until("removed", () => h.registry.calls.includes("remove 1"));
+  });
+
+  it("an ack for a connection that closed meanwhile is dropped quietly", async () => {
+    const gate = deferred();
+    const normal = h.routerImpl.send;
+    h.routerImpl.send = async (req) => {
+      await gate.promise;
+      return normal(req);
+    };
+    const { conn, socket } = await connected(h);
+    frameIn(conn, h, sendFrame(1));
+    await until("at the router", () => h.routerCalls.length === 1);
+    socket.close(1000, "bye");
+    gate.resolve();
+    await until("send finished", () => conn.inFlightSends === 0);
+    assert.deepEqual(socket.kinds(), ["hello"]);
+  });
+});
+
+describe("GatewayCore: deliver()", () => {
+  let h: Harness;
+  beforeEach(() => (h = harness()));
+  afterEach(() => h.core.drain());
+
+  it("envelopes in order, one cork per connection per call, sender device skipped, JSON re-encoded, absent users reported", async () => {
+    const alicePhone = await connected(h);
+    const aliceLaptop = await connected(h, principal(alicePhone.p.userId), "json");
+    const bob = await connected(h);
+    const carol = randomUUID(); // not on this gateway
+    for (const s of [alicePhone, aliceLaptop, bob]) s.socket.corks = 0;
+
+    const m1 = messageFrame("1 from alice's phone");
+    const m2 = messageFrame("2 to bob only");
+    const m3 = messageFrame("3 to everyone");
+    const res = h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          { userIds: [alicePhone.p.userId, bob.p.userId, carol], serverFrame: m1, excludeDeviceId: alicePhone.p.deviceId },
+          { userIds: [bob.p.userId], serverFrame: m2 },
+          { userIds: [bob.p.userId, alicePhone.p.userId, carol], serverFrame: m3 },
+        ],
+      }),
+    );
+    const bodies = (s: FakeSocket) => s.frames.slice(1).map((f) => (f.kind.case === "message" ? f.kind.value.body : f.kind.case));
+    assert.deepEqual(bodies(alicePhone.socket), ["3 to everyone"]);
+    assert.deepEqual(bodies(aliceLaptop.socket), ["1 from alice's phone", "3 to everyone"]);
+    assert.deepEqual(bodies(bob.socket), ["1 from alice's phone", "2 to bob only", "3 to everyone"]);
+    assert.deepEqual(res.absentUserIds, [carol]);
+    assert.equal(res.deliveredFrames, 6);
+    for (const s of [alicePhone, aliceLaptop, bob]) {
+      assert.equal(s.socket.corks, 1);
+      assert.ok(s.socket.writes.slice(1).every((w) => w.corked));
+    }
+    // Binary connections get the router's bytes as they are; JSON ones the JSON mapping.
+    assert.deepEqual(bob.socket.writes[1]!.data, m1);
+    assert.equal(aliceLaptop.socket.writes[1]!.data, toJsonString(ServerFrameSchema, fromBinary(ServerFrameSchema, m1)));
+    assert.equal(h.core.stats.framesOut >= 6, true);
+  });
+
+  it("a slow socket (send returns false) is closed with 4008; the others still get their frames", async () => {
+    const slow = await connected(h);
+    const fast = await connected(h);
+    slow.socket.accepts = false;
+    const res = h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          { userIds: [slow.p.userId, fast.p.userId], serverFrame: messageFrame("a") },
+          { userIds: [slow.p.userId, fast.p.userId], serverFrame: messageFrame("b") },
+        ],
+      }),
+    );
+    assert.deepEqual(slow.socket.closes.map((c) => c.code), [CloseCode.SLOW_CONSUMER]);
+    assert.equal(fast.socket.closes.length, 0);
+    assert.equal(fast.socket.writes.length, 3);
+    assert.deepEqual(res.absentUserIds, []);
+    // Closed now: the next delivery finds the user absent.
+    const next = h.core.deliver(create(DeliverRequestSchema, { envelopes: [{ userIds: [slow.p.userId], serverFrame: messageFrame("c") }] }));
+    assert.deepEqual(next.absentUserIds, [slow.p.userId]);
+  });
+});
+
+describe("GatewayCore: presence reports", () => {
+  let h: Harness;
+  beforeEach(() => {
+    mock.timers.enable({ apis: ["setInterval"] });
+    h = harness({ PARLEY_PRESENCE_REPORT_MS: "1000" });
+  });
+  afterEach(async () => {
+    await h.core.drain();
+    mock.timers.reset();
+  });
+
+  async function tick(): Promise<ReportConnectionsRequest> {
+    const before = h.presenceReports.length;
+    mock.timers.tick(1000);
+    await until("presence report", () => h.presenceReports.length === before + 1);
+    return h.presenceReports.at(-1)!;
+  }
+
+  it("one report per interval: online users, and users that went offline exactly once", async () => {
+    const a = await connected(h);
+    const b = await connected(h);
+    const b2 = await connected(h, principal(b.p.userId));
+    const c = await connected(h);
+    assert.equal(h.presenceReports.length, 0, "nothing before the interval");
+    let r = await tick();
+    assert.equal(r.gatewayId, GW);
+    assert.deepEqual([...r.onlineUserIds].sort(), [a.p.userId, b.p.userId, c.p.userId].sort());
+    assert.deepEqual(r.offlineUserIds, []);
+
+    b.socket.close(1000, "bye"); // b still has b2
+    c.socket.close(1000, "bye");
+    r = await tick();
+    assert.deepEqual([...r.onlineUserIds].sort(), [a.p.userId, b.p.userId].sort());
+    assert.deepEqual(r.offlineUserIds, [c.p.userId]);
+
+    r = await tick();
+    assert.deepEqual(r.offlineUserIds, [], "reported offline once");
+    assert.equal(h.presenceReports.length, 3);
+  });
+
+  it("a user who leaves and comes back within the interval is not reported offline", async () => {
+    const a = await connected(h);
+    a.socket.close(1000, "bye");
+    await connected(h, principal(a.p.userId));
+    const r = await tick();
+    assert.deepEqual(r.onlineUserIds, [a.p.userId]);
+    assert.deepEqual(r.offlineUserIds, []);
+  });
+
+  it("offline users of a failed report are reported with the next one", async () => {
+    const a = await connected(h);
+    a.socket.close(1000, "bye");
+    h.presenceFail.next = true;
+    mock.timers.tick(1000);
+    await until("failed report consumed", () => !h.presenceFail.next);
+    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.equal(h.presenceReports.length, 0);
+    const r = await tick();
+    assert.deepEqual(r.offlineUserIds, [a.p.userId]);
+  });
+});

@@ -1,0 +1,522 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
+import { DeliveryService, type DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
+import { ConversationKind, GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
+import { MessageSchema, MessageStoreService, type AppendRequest, type Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import { NotifyService, type NotifyOfflineRequest } from "../../../gen/parley/notify/v1/notify_service_pb.js";
+import { RouterService } from "../../../gen/parley/router/v1/router_service_pb.js";
+import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
+import { createLogger } from "../../../lib/logger.js";
+import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
+import { inProcess } from "../../../lib/rpc.js";
+import { loadConfig } from "../src/config.js";
+import { RouterContext } from "../src/context.js";
+import { MembershipCache } from "../src/membership-cache.js";
+import { routerRoutes } from "../src/routes.js";
+
+function deferred<T = void>() {
+  let resolve!: (v: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/** Lets queued immediates and promise callbacks run until `check` holds (bounded turns; no sleeping). */
+async function until(what: string, check: () => boolean, turns = 500): Promise<void> {
+  for (let i = 0; i < turns; i++) {
+    if (check()) return;
+    await new Promise<void>((r) => setImmediate(r));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+/** The memory registry, counting lookups, with an optional gate on the next lookup. */
+class CountingRegistry extends MemoryConnectionRegistry {
+  readonly lookups: string[][] = [];
+  readonly removals: { gatewayId: string; userIds: string[] }[] = [];
+  lookupGate: Promise<void> | undefined;
+
+  override async lookup(userIds: readonly string[]): Promise<Map<string, string[]>> {
+    this.lookups.push([...userIds]);
+    const gate = this.lookupGate;
+    this.lookupGate = undefined;
+    if (gate) await gate;
+    return super.lookup(userIds);
+  }
+
+  override async removeUsers(gatewayId: string, userIds: readonly string[]): Promise<void> {
+    this.removals.push({ gatewayId, userIds: [...userIds] });
+    return super.removeUsers(gatewayId, userIds);
+  }
+
+  async where(userId: string): Promise<string[]> {
+    return (await this.lookup([userId])).get(userId) ?? [];
+  }
+}
+
+/** A gateway's DeliveryService: records calls; each can be held, failed, or report absent users. */
+class FakeGateway {
+  readonly calls: DeliverRequest[] = [];
+  inFlight = 0;
+  maxInFlight = 0;
+  hold: Promise<void> | undefined;
+  fail = false;
+  absent: string[] = [];
+
+  async deliver(req: DeliverRequest) {
+    this.calls.push(req);
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      const hold = this.hold;
+      this.hold = undefined;
+      if (hold) await hold;
+      if (this.fail) throw new ConnectError("gateway broken", Code.Unavailable);
+      return { deliveredFrames: req.envelopes.length, absentUserIds: this.absent };
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  /** Message bodies of each call, in order. */
+  bodies(): string[][] {
+    return this.calls.map((c) =>
+      c.envelopes.map((e) => {
+        const f = fromBinary(ServerFrameSchema, e.serverFrame);
+        return f.kind.case === "message" ? f.kind.value.body : "?";
+      }),
+    );
+  }
+}
+
+interface Harness {
+  ctx: RouterContext;
+  router: Client<typeof RouterService>;
+  registry: CountingRegistry;
+  gateways: Map<string, FakeGateway>;
+  dialed: string[];
+  groupsCalls: string[];
+  groupsGate: { next: Promise<void> | undefined };
+  conversations: Map<string, { kind: ConversationKind; memberIds: string[] } | "unavailable">;
+  appends: AppendRequest[];
+  notified: NotifyOfflineRequest[];
+  clock: { now: number };
+}
+
+async function harness(): Promise<Harness> {
+  const registry = new CountingRegistry();
+  const gateways = new Map([
+    ["gw-1", new FakeGateway()],
+    ["gw-2", new FakeGateway()],
+  ]);
+  const discovery = new StaticDiscovery([
+    { kind: "gateway", id: "gw-1", url: "http://gw-1.invalid:1" },
+    { kind: "gateway", id: "gw-2", url: "http://gw-2.invalid:1" },
+  ]);
+  const dialed: string[] = [];
+  const groupsCalls: string[] = [];
+  const groupsGate: Harness["groupsGate"] = { next: undefined };
+  const conversations: Harness["conversations"] = new Map();
+  const appends: AppendRequest[] = [];
+  const stored = new Map<string, Message>();
+  const seqs = new Map<string, number>();
+  const notified: NotifyOfflineRequest[] = [];
+  const clock = { now: 1_000_000 };
+  const ctx = await RouterContext.fromConfig(loadConfig({}), {
+    registry,
+    discovery,
+    clock: () => clock.now,
+    logger: createLogger("router-test", "silent"),
+    dialGateway: (url, gatewayId) => {
+      dialed.push(gatewayId);
+      const gw = gateways.get(gatewayId)!;
+      return inProcess((r) => r.service(DeliveryService, { deliver: (req) => gw.deliver(req) }));
+    },
+    groups: inProcess((r) =>
+      r.service(GroupsService, {
+        getConversation: async (req) => {
+          groupsCalls.push(req.conversationId);
+          const gate = groupsGate.next;
+          groupsGate.next = undefined;
+          if (gate) await gate;
+          const c = conversations.get(req.conversationId);
+          if (c === "unavailable") throw new ConnectError("groups down", Code.Unavailable);
+          if (!c) throw new ConnectError("no such conversation", Code.NotFound);
+          return { conversation: { conversationId: req.conversationId, kind: c.kind, memberIds: c.memberIds } };
+        },
+      }),
+    ),
+    messagestore: inProcess((r) =>
+      r.service(MessageStoreService, {
+        append: (req) => {
+          appends.push(req);
+          const key = `${req.conversationId}/${req.senderId}/${req.clientMsgId}`;
+          const old = stored.get(key);
+          if (old) return { message: old, duplicate: true };
+          const seq = (seqs.get(req.conversationId) ?? 0) + 1;
+          seqs.set(req.conversationId, seq);
+          const message = create(MessageSchema, {
+            conversationId: req.conversationId,
+            senderId: req.senderId,
+            senderDeviceId: req.senderDeviceId,
+            clientMsgId: req.clientMsgId,
+            body: req.body,
+            seq: BigInt(seq),
+            messageId: randomUUID(),
+            sentAt: timestampFromMs(clock.now),
+          });
+          stored.set(key, message);
+          return { message, duplicate: false };
+        },
+      }),
+    ),
+    notify: inProcess((r) =>
+      r.service(NotifyService, {
+        notifyOffline: (req) => {
+          notified.push(req);
+          return {};
+        },
+      }),
+    ),
+  });
+  const router = createClient(RouterService, inProcess(routerRoutes(ctx)));
+  return { ctx, router, registry, gateways, dialed, groupsCalls, groupsGate, conversations, appends, notified, clock };
+}
+
+const gw = (h: Harness, id: string) => h.gateways.get(id)!;
+
+function group(h: Harness, memberIds: string[], kind = ConversationKind.GROUP): string {
+  const id = randomUUID();
+  h.conversations.set(id, { kind, memberIds });
+  return id;
+}
+
+async function online(h: Harness, gatewayId: string, userId: string, deviceId: string = randomUUID()): Promise<string> {
+  await h.registry.add(gatewayId, [{ userId, deviceId }]);
+  return deviceId;
+}
+
+function send(h: Harness, conversationId: string, senderId: string, body: string, opts: { deviceId?: string; clientMsgId?: string } = {}) {
+  return h.router.send({
+    conversationId,
+    senderId,
+    senderDeviceId: opts.deviceId ?? randomUUID(),
+    clientMsgId: opts.clientMsgId ?? randomUUID(),
+    body,
+  });
+}
+
+async function rejectsWith(p: Promise<unknown>, code: Code): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.equal(ConnectError.from(e).code, code, String(e));
+    return true;
+  });
+}
+
+describe("router: send and fan-out", () => {
+  let h: Harness;
+  beforeEach(async () => (h = await harness()));
+  afterEach(() => h.ctx.close());
+
+  it("one envelope per gateway per message with all that gateway's users; offline members notified, sender not", async () => {
+    const [sender, u1, u2, u3, off1, off2] = Array.from({ length: 6 }, () => randomUUID());
+    const senderPhone = await online(h, "gw-1", sender!);
+    const senderLaptop = await online(h, "gw-2", sender!);
+    await online(h, "gw-1", u1!);
+    await online(h, "gw-1", u2!);
+    await online(h, "gw-1", u2!); // a second device of u2 on the same gateway
+    await online(h, "gw-2", u3!);
+    await online(h, "gw-2", u1!); // u1 also on gw-2
+    const c = group(h, [sender!, u1!, u2!, u3!, off1!, off2!]);
+    const ack = await send(h, c, sender!, "hello all", { deviceId: senderPhone });
+    assert.equal(ack.seq, 1n);
+    assert.equal(ack.duplicate, false);
+    await h.ctx.fanOut.idle();
+
+    for (const [id, users] of [
+      ["gw-1", [sender, u1, u2]],
+      ["gw-2", [sender, u3, u1]],
+    ] as const) {
+      const g = gw(h, id);
+      assert.equal(g.calls.length, 1, id);
+      const [env] = g.calls[0]!.envelopes;
+      assert.equal(g.calls[0]!.envelopes.length, 1, `${id}: one envelope`);
+      assert.deepEqual([...env!.userIds].sort(), [...users].sort(), id);
+      assert.equal(env!.excludeDeviceId, senderPhone, "the sending device gets the ack instead");
+      const frame = fromBinary(ServerFrameSchema, env!.serverFrame);
+      assert.equal(frame.kind.case, "message");
+      if (frame.kind.case !== "message") continue;
+      assert.equal(frame.kind.value.body, "hello all");
+      assert.equal(frame.kind.value.seq, 1n);
+      assert.equal(frame.kind.value.senderId, sender);
+      assert.equal(frame.kind.value.senderDeviceId, senderPhone);
+      assert.equal(frame.kind.value.messageId, ack.messageId);
+    }
+    assert.ok(senderLaptop);
+    await until("notify", () => h.notified.length === 1);
+    assert.deepEqual([...h.notified[0]!.userIds].sort(), [off1!, off2!].sort());
+    assert.equal(h.notified[0]!.conversationId, c);
+    assert.equal(h.notified[0]!.seq, 1n);
+    assert.equal(h.notified[0]!.senderId, sender);
+    assert.equal(h.notified[0]!.preview, "hello all");
+    assert.deepEqual(h.ctx.fanOut.stats, { messages: 1, registryLookups: 1, deliverCalls: 2 });
+  });
+
+  it("an offline sender is not notified of their own message; the preview is cut to 120 characters", async () => {
+    const [sender, peer] = [randomUUID(), randomUUID()];
+    const c = group(h, [sender, peer], ConversationKind.DIRECT);
+    await send(h, c, sender, "é".repeat(200));
+    await h.ctx.fanOut.idle();
+    await until("notify", () => h.notified.length === 1);
+    assert.deepEqual(h.notified[0]!.userIds, [peer]);
+    assert.equal([...h.notified[0]!.preview].length, 120);
+    assert.equal(gw(h, "gw-1").calls.length + gw(h, "gw-2").calls.length, 0);
+  });
+
+  it("one registry lookup per batch of messages, not per message or recipient", async () => {
+    const members = Array.from({ length: 20 }, () => randomUUID());
+    for (const [i, u] of members.entries()) await online(h, i % 2 ? "gw-1" : "gw-2", u);
+    const c = group(h, members);
+    const gate = deferred();
+    h.registry.lookupGate = gate.promise;
+    await send(h, c, members[0]!, "m0"); // its lookup is held
+    await until("first lookup", () => h.registry.lookups.length === 1);
+    for (let i = 1; i <= 30; i++) await send(h, c, members[i % members.length]!, `m${i}`);
+    assert.equal(h.registry.lookups.length, 1, "the others wait for the held lookup");
+    gate.resolve();
+    await h.ctx.fanOut.idle();
+    assert.equal(h.ctx.fanOut.stats.registryLookups, 2);
+    assert.equal(h.registry.lookups.length, 2);
+    assert.deepEqual([...h.registry.lookups[1]!].sort(), [...members].sort(), "each user once in the batch's lookup");
+    assert.equal(h.ctx.fanOut.stats.messages, 31);
+  });
+
+  it("order per gateway: at most one Deliver in flight; the next carries everything queued meanwhile", async () => {
+    const [sender, peer] = [randomUUID(), randomUUID()];
+    await online(h, "gw-1", peer);
+    const c = group(h, [sender, peer]);
+    const slow = deferred();
+    gw(h, "gw-1").hold = slow.promise;
+    await send(h, c, sender, "1");
+    await until("first deliver", () => gw(h, "gw-1").calls.length === 1);
+    for (let i = 2; i <= 6; i++) await send(h, c, sender, String(i));
+    // Let fan-out hand them to the outbox; the first Deliver is still held.
+    await until("queued", () => h.ctx.fanOut.stats.messages === 6);
+    assert.equal(gw(h, "gw-1").calls.length, 1);
+    slow.resolve();
+    await h.ctx.fanOut.idle();
+    assert.deepEqual(gw(h, "gw-1").bodies(), [["1"], ["2", "3", "4", "5", "6"]]);
+    assert.equal(gw(h, "gw-1").maxInFlight, 1);
+    assert.deepEqual(
+      gw(h, "gw-1").calls.flatMap((call) => call.envelopes.map((e) => {
+        const f = fromBinary(ServerFrameSchema, e.serverFrame);
+        return f.kind.case === "message" ? Number(f.kind.value.seq) : 0;
+      })),
+      [1, 2, 3, 4, 5, 6],
+    );
+  });
+
+  it("a slow gateway does not hold up another one", async () => {
+    const [sender, a, b] = [randomUUID(), randomUUID(), randomUUID()];
+    await online(h, "gw-1", a);
+    await online(h, "gw-2", b);
+    const c = group(h, [sender, a, b]);
+    const slow = deferred();
+    gw(h, "gw-1").hold = slow.promise;
+    await send(h, c, sender, "1");
+    await send(h, c, sender, "2");
+    await until("gw-2 got both", () => gw(h, "gw-2").calls.flatMap((x) => x.envelopes).length === 2);
+    assert.equal(gw(h, "gw-1").calls.length, 1);
+    slow.resolve();
+    await h.ctx.fanOut.idle();
+    assert.deepEqual(gw(h, "gw-1").bodies().flat(), ["1", "2"]);
+  });
+
+  it("a failing Deliver removes that gateway's entries for those users (and only those)", async () => {
+    const [sender, a, b, other] = Array.from({ length: 4 }, () => randomUUID());
+    await online(h, "gw-1", a!);
+    await online(h, "gw-1", b!);
+    await online(h, "gw-2", a!); // a is also on a healthy gateway
+    await online(h, "gw-1", other!); // not in this conversation
+    gw(h, "gw-1").fail = true;
+    const c = group(h, [sender!, a!, b!]);
+    await send(h, c, sender!, "x");
+    await h.ctx.fanOut.idle();
+    await until("cleanup", () => h.registry.removals.length === 1);
+    assert.equal(h.registry.removals[0]!.gatewayId, "gw-1");
+    assert.deepEqual([...h.registry.removals[0]!.userIds].sort(), [a!, b!].sort());
+    assert.deepEqual(await h.registry.where(a!), ["gw-2"]);
+    assert.deepEqual(await h.registry.where(b!), []);
+    assert.deepEqual(await h.registry.where(other!), ["gw-1"]);
+    assert.equal(gw(h, "gw-2").calls.length, 1);
+  });
+
+  it("absent_user_ids from a gateway are removed from the registry for that gateway", async () => {
+    const [sender, a, b] = [randomUUID(), randomUUID(), randomUUID()];
+    await online(h, "gw-1", a);
+    await online(h, "gw-1", b);
+    gw(h, "gw-1").absent = [b];
+    const c = group(h, [sender, a, b]);
+    await send(h, c, sender, "x");
+    await h.ctx.fanOut.idle();
+    await until("cleanup", () => h.registry.removals.length === 1);
+    assert.deepEqual(h.registry.removals[0], { gatewayId: "gw-1", userIds: [b] });
+    assert.deepEqual(await h.registry.where(a), ["gw-1"]);
+    assert.deepEqual(await h.registry.where(b), []);
+  });
+
+  it("entries pointing at a gateway discovery does not know are cleaned up, and nothing is dialed for it", async () => {
+    const [sender, a, b] = [randomUUID(), randomUUID(), randomUUID()];
+    await online(h, "gw-gone", a);
+    await online(h, "gw-1", b);
+    const c = group(h, [sender, a, b]);
+    await send(h, c, sender, "x");
+    await h.ctx.fanOut.idle();
+    await until("cleanup", () => h.registry.removals.length === 1);
+    assert.deepEqual(h.registry.removals[0], { gatewayId: "gw-gone", userIds: [a] });
+    assert.deepEqual(await h.registry.where(a), []);
+    assert.deepEqual(h.dialed, ["gw-1"]);
+    assert.equal(gw(h, "gw-1").calls.length, 1);
+  });
+
+  it("one transport per gateway, reused across messages", async () => {
+    const [sender, a] = [randomUUID(), randomUUID()];
+    await online(h, "gw-1", a);
+    const c = group(h, [sender, a]);
+    for (let i = 0; i < 5; i++) {
+      await send(h, c, sender, String(i));
+      await h.ctx.fanOut.idle();
+    }
+    assert.deepEqual(h.dialed, ["gw-1"]);
+    assert.equal(gw(h, "gw-1").calls.length, 5);
+  });
+
+  it("a duplicate append is acked with duplicate=true and not fanned out again", async () => {
+    const [sender, peer] = [randomUUID(), randomUUID()];
+    await online(h, "gw-1", peer);
+    const c = group(h, [sender, peer]);
+    const clientMsgId = randomUUID();
+    const first = await send(h, c, sender, "once", { clientMsgId });
+    const again = await send(h, c, sender, "once", { clientMsgId });
+    await h.ctx.fanOut.idle();
+    assert.equal(again.duplicate, true);
+    assert.equal(again.seq, first.seq);
+    assert.equal(again.messageId, first.messageId);
+    assert.equal(h.appends.length, 2);
+    assert.equal(h.ctx.fanOut.stats.messages, 1);
+    assert.deepEqual(gw(h, "gw-1").bodies(), [["once"]]);
+  });
+
+  it("a non-member gets PermissionDenied and nothing is appended; so does an unknown conversation", async () => {
+    const c = group(h, [randomUUID(), randomUUID()]);
+    await rejectsWith(send(h, c, randomUUID(), "let me in"), Code.PermissionDenied);
+    await rejectsWith(send(h, randomUUID(), randomUUID(), "anyone?"), Code.PermissionDenied);
+    assert.equal(h.appends.length, 0);
+    assert.equal(h.ctx.fanOut.stats.messages, 0);
+  });
+
+  it("bad requests are refused with InvalidArgument before any backend call", async () => {
+    const c = group(h, [randomUUID()]);
+    await rejectsWith(send(h, c, "not-a-uuid", "x"), Code.InvalidArgument);
+    await rejectsWith(send(h, "not-a-uuid", randomUUID(), "x"), Code.InvalidArgument);
+    await rejectsWith(send(h, c, randomUUID(), ""), Code.InvalidArgument);
+    await rejectsWith(send(h, c, randomUUID(), "x".repeat(4001)), Code.InvalidArgument);
+    await rejectsWith(send(h, c, randomUUID(), "x", { clientMsgId: "nope" }), Code.InvalidArgument);
+    assert.equal(h.groupsCalls.length, 0);
+    assert.equal(h.appends.length, 0);
+  });
+});
+
+describe("router: membership cache", () => {
+  let h: Harness;
+  beforeEach(async () => (h = await harness()));
+  afterEach(() => h.ctx.close());
+
+  it("one groups call for many sends; concurrent misses share one load", async () => {
+    const sender = randomUUID();
+    const c = group(h, [sender, randomUUID()]);
+    const gate = deferred();
+    h.groupsGate.next = gate.promise;
+    const first = Array.from({ length: 10 }, (_, i) => send(h, c, sender, `c${i}`));
+    await until("groups called", () => h.groupsCalls.length === 1);
+    gate.resolve();
+    await Promise.all(first);
+    for (let i = 0; i < 10; i++) await send(h, c, sender, `s${i}`);
+    assert.deepEqual(h.groupsCalls, [c]);
+    assert.equal(h.appends.length, 20);
+  });
+
+  it("group memberships expire after their TTL; direct ones stay", async () => {
+    const sender = randomUUID();
+    const g = group(h, [sender]);
+    const d = group(h, [sender, randomUUID()], ConversationKind.DIRECT);
+    await send(h, g, sender, "x");
+    await send(h, d, sender, "x");
+    h.clock.now += 30_001;
+    await send(h, g, sender, "y");
+    await send(h, d, sender, "y");
+    assert.deepEqual(h.groupsCalls, [g, d, g]);
+  });
+
+  it("an unknown conversation is remembered briefly (injected clock)", async () => {
+    const sender = randomUUID();
+    const c = randomUUID();
+    await rejectsWith(send(h, c, sender, "x"), Code.PermissionDenied);
+    h.clock.now += 999;
+    await rejectsWith(send(h, c, sender, "x"), Code.PermissionDenied);
+    assert.equal(h.groupsCalls.length, 1, "cached NotFound");
+    h.conversations.set(c, { kind: ConversationKind.GROUP, memberIds: [sender] });
+    h.clock.now += 2;
+    await send(h, c, sender, "now it exists");
+    assert.equal(h.groupsCalls.length, 2);
+    assert.equal(h.appends.length, 1);
+  });
+
+  it("a groups outage is passed on (Unavailable) and not cached", async () => {
+    const sender = randomUUID();
+    const c = randomUUID();
+    h.conversations.set(c, "unavailable");
+    await rejectsWith(send(h, c, sender, "x"), Code.Unavailable);
+    h.conversations.set(c, { kind: ConversationKind.GROUP, memberIds: [sender] });
+    await send(h, c, sender, "x");
+    assert.equal(h.groupsCalls.length, 2);
+  });
+
+  it("invalidate() forces a reload", async () => {
+    const sender = randomUUID();
+    const c = group(h, [sender]);
+    await send(h, c, sender, "x");
+    h.ctx.membership.invalidate(c);
+    await send(h, c, sender, "x");
+    assert.equal(h.groupsCalls.length, 2);
+  });
+
+  it("holds at most maxEntries, evicting the least recently used", async () => {
+    const calls: string[] = [];
+    const groups = createClient(
+      GroupsService,
+      inProcess((r) =>
+        r.service(GroupsService, {
+          getConversation: (req) => {
+            calls.push(req.conversationId);
+            return { conversation: { conversationId: req.conversationId, kind: ConversationKind.DIRECT, memberIds: ["u"] } };
+          },
+        }),
+      ),
+    );
+    const cache = new MembershipCache(groups, { maxEntries: 2, groupTtlMs: 1000, negativeTtlMs: 1000, clock: () => 0 });
+    assert.equal((await cache.get("a"))?.has("u"), true);
+    await cache.get("b");
+    await cache.get("a"); // a is now the most recently used
+    await cache.get("c"); // evicts b
+    await cache.get("a");
+    await cache.get("c");
+    assert.deepEqual(calls, ["a", "b", "c"]);
+    await cache.get("b");
+    assert.deepEqual(calls, ["a", "b", "c", "b"]);
+  });
+});
