@@ -1,4 +1,6 @@
-import { envInt as int, type Env } from "../../lib/env.js";
+import { ConfigError, envInt as int, type Env } from "../../lib/env.js";
+import { DEFAULT_REGISTRY_REFRESH_MS, DEFAULT_REGISTRY_TTL_MS } from "../../lib/registry/connection-registry.js";
+import { redisPrefixFrom, redisUrlFrom } from "../../lib/redis.js";
 
 export interface GatewayConfig {
   /** Unique among live gateways; the registry points at it. */
@@ -24,6 +26,13 @@ export interface GatewayConfig {
   /** Sends one connection may have waiting for an ack. */
   maxInFlightSends: number;
   presenceIntervalMs: number;
+  /** `PARLEY_REDIS_URL`: the connection registry lives in Redis; unset → in memory (one process). */
+  redisUrl: string | undefined;
+  redisPrefix: string;
+  /** Registry entries of this gateway vanish this long after its last refresh (it died). */
+  registryTtlMs: number;
+  /** How often the gateway refreshes all its registry entries (one call for all). */
+  registryRefreshMs: number;
   sessionUrl: string;
   routerUrl: string;
   groupsUrl: string;
@@ -51,6 +60,10 @@ export function loadConfig(env: Env): GatewayConfig {
     frameBurst: int(env, "PARLEY_FRAME_BURST", 500, 1, 1_000_000),
     maxInFlightSends: int(env, "PARLEY_MAX_INFLIGHT_SENDS", 256, 1, 100_000),
     presenceIntervalMs: int(env, "PARLEY_PRESENCE_REPORT_MS", 10_000, 100, 3_600_000),
+    redisUrl: redisUrlFrom(env),
+    redisPrefix: redisPrefixFrom(env),
+    registryTtlMs: int(env, "PARLEY_REGISTRY_TTL_SECONDS", DEFAULT_REGISTRY_TTL_MS / 1000, 1, 86_400) * 1000,
+    registryRefreshMs: int(env, "PARLEY_REGISTRY_REFRESH_MS", DEFAULT_REGISTRY_REFRESH_MS, 100, 86_400_000),
     sessionUrl: env.PARLEY_SESSION_URL ?? "http://127.0.0.1:7101",
     routerUrl: env.PARLEY_ROUTER_URL ?? "http://127.0.0.1:7102",
     messagestoreUrl: env.PARLEY_MESSAGESTORE_URL ?? "http://127.0.0.1:7103",
@@ -59,6 +72,9 @@ export function loadConfig(env: Env): GatewayConfig {
     logLevel: env.PARLEY_LOG_LEVEL ?? "info",
   };
   if (cfg.hardMaxFrameBytes < cfg.maxFrameBytes) throw new Error("PARLEY_HARD_MAX_FRAME_BYTES must be at least PARLEY_MAX_FRAME_BYTES");
+  if (cfg.registryRefreshMs >= cfg.registryTtlMs) {
+    throw new ConfigError("PARLEY_REGISTRY_REFRESH_MS must be below PARLEY_REGISTRY_TTL_SECONDS (a third of it is a good choice)");
+  }
   return cfg;
 }
 

@@ -9,6 +9,8 @@ import { RouterService } from "../../gen/parley/router/v1/router_service_pb.js";
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
+import { RedisConnectionRegistry } from "../../lib/registry/connection-registry-redis.js";
+import { openRedis } from "../../lib/redis.js";
 import type { ConnectionRegistry } from "../../lib/registry/connection-registry.js";
 import { dialGrpc, startGrpcServer, type GrpcServer, type OwnedTransport, type Routes } from "../../lib/rpc.js";
 import type { GatewayConfig } from "./config.js";
@@ -37,6 +39,8 @@ export class Gateway {
     readonly internalServer: GrpcServer,
     private readonly transports: OwnedTransport[],
     private readonly logger: Logger,
+    /** The registry this gateway built (closed by stop()); undefined when passed in. */
+    private readonly ownRegistry: ConnectionRegistry | undefined,
   ) {}
 
   get publicPort(): number {
@@ -57,11 +61,13 @@ export class Gateway {
       presence: o.presence ?? dialGrpc(cfg.presenceUrl),
     };
     const session = createClient(SessionService, t.session);
+    const registry = o.registry ?? (await openRegistry(cfg, logger));
+    const ownRegistry = o.registry ? undefined : registry;
     const core = new GatewayCore(cfg, {
       session,
       router: createClient(RouterService, t.router),
       presence: createClient(PresenceService, t.presence),
-      registry: o.registry ?? new MemoryConnectionRegistry(),
+      registry,
       clock: o.clock ?? Date.now,
       logger,
     });
@@ -76,15 +82,24 @@ export class Gateway {
       router.service(AuthService, authService(deps));
       router.service(ChatService, chatService(deps));
     };
-    const internalServer = await startGrpcServer({
-      host: cfg.host,
-      port: cfg.internalPort,
-      routes: deliveryRoutes(core),
-      services: [DeliveryService],
-      logger,
-    });
-    const publicServer = await startPublicServer(cfg, core, api, logger);
-    return new Gateway(cfg, core, publicServer, internalServer, Object.values(t), logger);
+    let internalServer: GrpcServer | undefined;
+    let publicServer: PublicServer;
+    try {
+      internalServer = await startGrpcServer({
+        host: cfg.host,
+        port: cfg.internalPort,
+        routes: deliveryRoutes(core),
+        services: [DeliveryService],
+        logger,
+      });
+      publicServer = await startPublicServer(cfg, core, api, logger);
+    } catch (err) {
+      await internalServer?.close();
+      for (const tr of Object.values(t)) tr.close();
+      await ownRegistry?.close();
+      throw err;
+    }
+    return new Gateway(cfg, core, publicServer, internalServer, Object.values(t), logger, ownRegistry);
   }
 
   /**
@@ -96,8 +111,17 @@ export class Gateway {
     await this.core.drain();
     await this.internalServer.close();
     for (const t of this.transports) t.close();
+    await this.ownRegistry?.close();
     this.logger.info("gateway stopped");
   }
+}
+
+/** The registry `PARLEY_REDIS_URL` selects: Redis, or in memory (one-process setups) when unset. */
+async function openRegistry(cfg: GatewayConfig, logger: Logger): Promise<ConnectionRegistry> {
+  const timing = { ttlMs: cfg.registryTtlMs };
+  if (!cfg.redisUrl) return new MemoryConnectionRegistry(timing);
+  const redis = await openRedis(cfg.redisUrl, { name: `parley-gateway-${cfg.id}`, logger });
+  return new RedisConnectionRegistry(redis, { ...timing, prefix: cfg.redisPrefix });
 }
 
 export function deliveryRoutes(core: GatewayCore): Routes {

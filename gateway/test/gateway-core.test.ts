@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { afterEach, beforeEach, describe, it, mock } from "node:test";
+import { after, afterEach, before, beforeEach, describe, it, mock } from "node:test";
 import { create, fromBinary, fromJsonString, toBinary, toJsonString } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
@@ -11,7 +11,11 @@ import { RouterService, type SendRequest } from "../../gen/parley/router/v1/rout
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
-import type { DeviceEntry } from "../../lib/registry/connection-registry.js";
+import type { ConnectionRegistry, DeviceEntry } from "../../lib/registry/connection-registry.js";
+import { RedisConnectionRegistry } from "../../lib/registry/connection-registry-redis.js";
+import { openRedis } from "../../lib/redis.js";
+import { testPrefix, ThrowawayRedis } from "../../lib/testing/redis.js";
+import { realBackend } from "../../lib/testing/backends.js";
 import { loadConfig, type GatewayConfig } from "../src/config.js";
 import type { Connection, Principal, SocketPort } from "../src/core/connection.js";
 import { decodeClientFrame } from "../src/core/frames.js";
@@ -92,8 +96,17 @@ class FakeSocket implements SocketPort {
 /** The memory registry, counting calls, with an optional gate or failure on add. */
 class TestRegistry extends MemoryConnectionRegistry {
   readonly calls: string[] = [];
+  readonly refreshed: DeviceEntry[][] = [];
   failAdd: Error | undefined;
+  failRefresh: Error | undefined;
   addGate: Promise<void> | undefined;
+
+  override async refresh(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
+    this.calls.push(`refresh ${entries.length}`);
+    this.refreshed.push([...entries]);
+    if (this.failRefresh) throw this.failRefresh;
+    await super.refresh(gatewayId, entries);
+  }
 
   override async add(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
     this.calls.push(`add ${entries.length}`);
@@ -120,10 +133,11 @@ interface Harness {
   cfg: GatewayConfig;
 }
 
-function harness(env: Record<string, string> = {}): Harness {
+/** `registry` replaces the test registry in the core (h.registry is then unused). */
+function harness(env: Record<string, string> = {}, registryOverride?: ConnectionRegistry): Harness {
   const cfg = { ...loadConfig({ PARLEY_FRAMES_PER_SECOND: "10", PARLEY_FRAME_BURST: "3", PARLEY_MAX_INFLIGHT_SENDS: "2", ...env }), id: GW };
-  const registry = new TestRegistry();
   const clock = { now: 1_000_000 };
+  const registry = new TestRegistry({ ttlMs: cfg.registryTtlMs, clock: () => clock.now });
   const routerCalls: SendRequest[] = [];
   const routerImpl: Harness["routerImpl"] = {
     send: async (req) => ({
@@ -173,7 +187,14 @@ function harness(env: Record<string, string> = {}): Harness {
       }),
     ),
   );
-  const core = new GatewayCore(cfg, { session, router, presence, registry, clock: () => clock.now, logger: createLogger("test", "silent") });
+  const core = new GatewayCore(cfg, {
+    session,
+    router,
+    presence,
+    registry: registryOverride ?? registry,
+    clock: () => clock.now,
+    logger: createLogger("test", "silent"),
+  });
   return { core, registry, clock, routerCalls, routerImpl, presenceReports, presenceFail, cfg };
 }
 
@@ -686,3 +707,138 @@ describe("GatewayCore: presence reports", () => {
     assert.deepEqual(r.offlineUserIds, [a.p.userId]);
   });
 });
+
+describe("GatewayCore: registry refresh", () => {
+  let h: Harness;
+  beforeEach(() => {
+    mock.timers.enable({ apis: ["setInterval"] });
+    h = harness({ PARLEY_REGISTRY_REFRESH_MS: "1000", PARLEY_REGISTRY_TTL_SECONDS: "3" });
+  });
+  afterEach(async () => {
+    await h.core.drain();
+    mock.timers.reset();
+  });
+
+  async function tick(): Promise<DeviceEntry[]> {
+    const before = h.registry.refreshed.length;
+    mock.timers.tick(1000);
+    await until("registry refresh", () => h.registry.refreshed.length === before + 1);
+    return h.registry.refreshed.at(-1)!;
+  }
+
+  const key = (e: DeviceEntry) => `${e.userId}/${e.deviceId}`;
+
+  it("one refresh per interval for every registered device of the gateway, each device once", async () => {
+    const a = await connected(h);
+    const b = await connected(h);
+    const b2 = await connected(h, principal(b.p.userId)); // b's second device
+    await connected(h, { ...b.p, sessionId: "again" }); // b's first device, a second connection
+    assert.ok(!h.registry.calls.some((c) => c.startsWith("refresh")), "nothing before the interval");
+    let entries = await tick();
+    assert.deepEqual(entries.map(key).sort(), [a.p, b.p, b2.p].map(key).sort());
+    assert.deepEqual(h.registry.calls.filter((c) => c.startsWith("refresh")), ["refresh 3"], "one call for all");
+
+    a.socket.close(1000, "bye");
+    entries = await tick();
+    assert.deepEqual(entries.map(key).sort(), [b.p, b2.p].map(key).sort());
+  });
+
+  it("a refresh due while an add is in flight waits for it (and then includes that device)", async () => {
+    const a = await connected(h);
+    const gate = deferred();
+    h.registry.addGate = gate.promise;
+    const late = connect(h);
+    await until("add in flight", () => h.registry.calls.at(-1) === "add 1" && h.registry.calls.length === 2);
+    mock.timers.tick(1000);
+    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.equal(h.registry.refreshed.length, 0, "queued behind the add");
+    gate.resolve();
+    await until("refresh", () => h.registry.refreshed.length === 1);
+    assert.deepEqual(h.registry.calls, ["add 1", "add 1", "refresh 2"]);
+    assert.deepEqual(h.registry.refreshed[0]!.map(key).sort(), [a.p, late.p].map(key).sort());
+  });
+
+  it("refreshed entries outlive the TTL; a gateway that stops refreshing loses them", async () => {
+    const a = await connected(h); // TTL 3 s, refresh every 1 s
+    for (let i = 0; i < 5; i++) {
+      h.clock.now += 1000;
+      await tick();
+    }
+    assert.deepEqual(await registered(h, a.p.userId), [GW], "alive 5 s after the add");
+    h.clock.now += 2999;
+    assert.deepEqual(await registered(h, a.p.userId), [GW]);
+    h.clock.now += 1;
+    assert.equal(await registered(h, a.p.userId), undefined, "expired 3 s after the last refresh");
+    await tick();
+    assert.deepEqual(await registered(h, a.p.userId), [GW], "the next refresh writes it back");
+  });
+
+  it("a failed refresh is logged and the next one still runs; no refresh after drain", async () => {
+    const a = await connected(h);
+    h.registry.failRefresh = new Error("registry down");
+    await tick();
+    h.registry.failRefresh = undefined;
+    assert.deepEqual((await tick()).map(key), [key(a.p)]);
+    assert.equal(a.socket.closes.length, 0, "a failed refresh closes nothing");
+    await h.core.drain();
+    const n = h.registry.refreshed.length;
+    mock.timers.tick(5000);
+    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
+    assert.equal(h.registry.refreshed.length, n);
+  });
+
+  it("GatewayConfig: the refresh interval must be below the TTL", () => {
+    assert.equal(loadConfig({}).registryTtlMs, 60_000);
+    assert.equal(loadConfig({}).registryRefreshMs, 20_000);
+    assert.throws(() => loadConfig({ PARLEY_REGISTRY_TTL_SECONDS: "10", PARLEY_REGISTRY_REFRESH_MS: "10000" }), /PARLEY_REGISTRY_REFRESH_MS/);
+  });
+});
+
+const redisUrl = realBackend("redis");
+if (redisUrl) {
+  describe("GatewayCore on a Redis registry: Redis down and back (throwaway server)", () => {
+    let server: ThrowawayRedis;
+    let registry: RedisConnectionRegistry;
+    let h: Harness;
+    before(async () => {
+      server = await ThrowawayRedis.start();
+      registry = new RedisConnectionRegistry(await openRedis(server.url, { commandTimeoutMs: 1000 }), { prefix: testPrefix("gateway") });
+      h = harness({}, registry);
+    });
+    after(async () => {
+      await h.core.drain().catch(() => {});
+      await registry.close();
+      await server.stop();
+    });
+
+    it("new connections are closed with 4013 while Redis is down, and get Hello once it is back", async () => {
+      const a = await connected(h);
+      assert.deepEqual(a.socket.kinds(), ["hello"]);
+      assert.deepEqual((await registry.lookup([a.p.userId])).get(a.p.userId), [GW]);
+
+      await server.stop();
+      const b = connect(h);
+      await until("closed with 4013", () => b.socket.closes.length > 0, 100_000);
+      assert.deepEqual(b.socket.closes.map((c) => c.code), [CloseCode.TRY_AGAIN_LATER]);
+      assert.equal(b.socket.writes.length, 0);
+      await h.core.refreshRegistry(); // fails quietly
+      assert.equal(a.socket.closes.length, 0, "open connections stay");
+
+      await server.start(); // empty: no persistence
+      let c = connect(h);
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        await until("hello or close", () => c.socket.writes.length > 0 || c.socket.closes.length > 0, 100_000);
+        if (c.socket.writes.length > 0) break;
+        assert.ok(Date.now() < deadline, "Redis never came back for the gateway");
+        await new Promise((r) => setTimeout(r, 50));
+        c = connect(h);
+      }
+      assert.equal(c.socket.kinds()[0], "hello");
+      await h.core.refreshRegistry();
+      const found = await registry.lookup([a.p.userId, c.p.userId]);
+      assert.deepEqual(found.get(a.p.userId), [GW], "the refresh wrote the lost entry back");
+      assert.deepEqual(found.get(c.p.userId), [GW]);
+    });
+  });
+}

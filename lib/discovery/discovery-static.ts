@@ -1,8 +1,13 @@
-import type { Discovery, Instance, ServiceKind } from "./discovery.js";
+import type { Discovery, Instance, Registrar, Registration, ServiceKind } from "./discovery.js";
 
-/** Discovery from a fixed table (the embedded platform, or addresses given by configuration). */
-export class StaticDiscovery implements Discovery {
+/**
+ * Discovery from a table in memory: the embedded platform (one process), or addresses
+ * given by configuration. `register` adds to the table, so tests and the one-process
+ * platform can use the same code paths as a cluster.
+ */
+export class StaticDiscovery implements Discovery, Registrar {
   private readonly byKind = new Map<ServiceKind, Instance[]>();
+  private readonly listeners = new Map<ServiceKind, Set<() => void>>();
 
   constructor(instances: readonly Instance[] = []) {
     for (const i of instances) this.add(i);
@@ -11,6 +16,12 @@ export class StaticDiscovery implements Discovery {
   add(instance: Instance): void {
     const list = this.byKind.get(instance.kind) ?? [];
     this.byKind.set(instance.kind, [...list.filter((i) => i.id !== instance.id), instance]);
+    this.changed(instance.kind);
+  }
+
+  remove(kind: ServiceKind, id: string): void {
+    this.byKind.set(kind, (this.byKind.get(kind) ?? []).filter((i) => i.id !== id));
+    this.changed(kind);
   }
 
   resolve(kind: ServiceKind, id: string): Instance | undefined {
@@ -19,5 +30,27 @@ export class StaticDiscovery implements Discovery {
 
   list(kind: ServiceKind): readonly Instance[] {
     return this.byKind.get(kind) ?? [];
+  }
+
+  watch(kind: ServiceKind, listener: () => void): () => void {
+    let set = this.listeners.get(kind);
+    if (!set) this.listeners.set(kind, (set = new Set()));
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  async register(instance: Instance): Promise<Registration> {
+    this.add(instance);
+    return {
+      setLoad: (load) => {
+        const current = this.resolve(instance.kind, instance.id);
+        if (current) this.add({ ...current, load });
+      },
+      close: async () => this.remove(instance.kind, instance.id),
+    };
+  }
+
+  private changed(kind: ServiceKind): void {
+    for (const l of this.listeners.get(kind) ?? []) l();
   }
 }

@@ -1,22 +1,50 @@
-import type { ConnectionRegistry, DeviceEntry } from "./connection-registry.js";
+import {
+  DEFAULT_REGISTRY_TTL_MS,
+  type ConnectionRegistry,
+  type DeviceEntry,
+  type RegistryTiming,
+} from "./connection-registry.js";
 
-/** The embedded connection registry: in memory, shared by the gateway and router of one process. */
+interface Entry {
+  gatewayId: string;
+  expiresAtMs: number;
+}
+
+/**
+ * The embedded connection registry: in memory, shared by the gateway and router of one
+ * process. Expiry is decided when entries are read (nothing runs on a timer); expired
+ * entries are dropped then.
+ */
 export class MemoryConnectionRegistry implements ConnectionRegistry {
-  /** userId → deviceId → gatewayId */
-  private readonly users = new Map<string, Map<string, string>>();
+  /** userId → deviceId → entry */
+  private readonly users = new Map<string, Map<string, Entry>>();
+  private readonly ttlMs: number;
+  private readonly clock: () => number;
+
+  constructor(o: RegistryTiming = {}) {
+    this.ttlMs = o.ttlMs ?? DEFAULT_REGISTRY_TTL_MS;
+    this.clock = o.clock ?? Date.now;
+  }
 
   async add(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
+    const expiresAtMs = this.clock() + this.ttlMs;
+    for (const { userId, deviceId } of entries) this.devices(userId).set(deviceId, { gatewayId, expiresAtMs });
+  }
+
+  async refresh(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
+    const now = this.clock();
     for (const { userId, deviceId } of entries) {
-      let devices = this.users.get(userId);
-      if (!devices) this.users.set(userId, (devices = new Map()));
-      devices.set(deviceId, gatewayId);
+      const devices = this.devices(userId);
+      const cur = devices.get(deviceId);
+      if (cur && cur.gatewayId !== gatewayId && cur.expiresAtMs > now) continue;
+      devices.set(deviceId, { gatewayId, expiresAtMs: now + this.ttlMs });
     }
   }
 
   async remove(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void> {
     for (const { userId, deviceId } of entries) {
       const devices = this.users.get(userId);
-      if (devices?.get(deviceId) !== gatewayId) continue;
+      if (devices?.get(deviceId)?.gatewayId !== gatewayId) continue;
       devices.delete(deviceId);
       if (devices.size === 0) this.users.delete(userId);
     }
@@ -26,22 +54,33 @@ export class MemoryConnectionRegistry implements ConnectionRegistry {
     for (const userId of userIds) {
       const devices = this.users.get(userId);
       if (!devices) continue;
-      for (const [deviceId, gw] of devices) if (gw === gatewayId) devices.delete(deviceId);
+      for (const [deviceId, e] of devices) if (e.gatewayId === gatewayId) devices.delete(deviceId);
       if (devices.size === 0) this.users.delete(userId);
     }
   }
 
   async lookup(userIds: readonly string[]): Promise<Map<string, string[]>> {
+    const now = this.clock();
     const out = new Map<string, string[]>();
     for (const userId of userIds) {
       const devices = this.users.get(userId);
       if (!devices) continue;
       const gateways: string[] = [];
-      for (const gw of devices.values()) if (!gateways.includes(gw)) gateways.push(gw);
-      out.set(userId, gateways);
+      for (const [deviceId, e] of devices) {
+        if (e.expiresAtMs <= now) devices.delete(deviceId);
+        else if (!gateways.includes(e.gatewayId)) gateways.push(e.gatewayId);
+      }
+      if (devices.size === 0) this.users.delete(userId);
+      if (gateways.length > 0) out.set(userId, gateways);
     }
     return out;
   }
 
   async close(): Promise<void> {}
+
+  private devices(userId: string): Map<string, Entry> {
+    let devices = this.users.get(userId);
+    if (!devices) this.users.set(userId, (devices = new Map()));
+    return devices;
+  }
 }

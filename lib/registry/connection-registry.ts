@@ -1,26 +1,50 @@
 /**
  * The connection registry port: which gateway holds which user's devices. Gateways
  * write it in batches (one call per flush for all their connections); routers read it
- * once per fan-out batch for all recipients. The embedded adapter is in memory; the
- * Redis adapter (a later issue) keeps one hash per user with a TTL that gateways
- * refresh in one pipeline per interval.
+ * once per fan-out batch for all recipients.
+ *
+ * Every entry expires `ttlMs` after it was last added or refreshed: a gateway that dies
+ * stops refreshing, and its entries vanish by themselves. A live gateway calls
+ * `refresh` once per interval (well below the TTL) for all its connections in one call.
+ * Adapters: memory (embedded, `connection-registry-memory.ts`) and Redis
+ * (`connection-registry-redis.ts`).
  */
 export interface DeviceEntry {
   userId: string;
   deviceId: string;
 }
 
+/** How long an entry lives without a refresh, unless configured otherwise. */
+export const DEFAULT_REGISTRY_TTL_MS = 60_000;
+/** How often a gateway refreshes its entries, unless configured otherwise. */
+export const DEFAULT_REGISTRY_REFRESH_MS = 20_000;
+
 export interface ConnectionRegistry {
-  /** Registers (or refreshes) devices connected to `gatewayId`. */
+  /** Registers devices connected to `gatewayId` (taking them over from any other gateway). */
   add(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void>;
+  /**
+   * Extends the life of the entries of `gatewayId`, the devices it still holds. An entry
+   * that is missing or expired is written again (the registry lost it: e.g. a restarted
+   * Redis); an entry a different gateway owns and keeps alive is left alone (that device
+   * reconnected there since).
+   */
+  refresh(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void>;
   /** Removes devices of `gatewayId`; an entry another gateway owns now is left alone. */
   remove(gatewayId: string, entries: readonly DeviceEntry[]): Promise<void>;
   /** Removes every entry of the given users that points at `gatewayId` (stale entries). */
   removeUsers(gatewayId: string, userIds: readonly string[]): Promise<void>;
   /**
-   * For each user with at least one connected device: the gateways holding them.
-   * Users with none are absent from the map. One round trip for all users.
+   * For each user with at least one connected (unexpired) device: the gateways holding
+   * them, each once, in no particular order. Users with none are absent from the map.
+   * One round trip for all users.
    */
   lookup(userIds: readonly string[]): Promise<Map<string, string[]>>;
   close(): Promise<void>;
+}
+
+export interface RegistryTiming {
+  /** Entry lifetime after an add or refresh. */
+  ttlMs?: number;
+  /** The clock entry expiry is decided by (tests inject one). */
+  clock?: () => number;
 }

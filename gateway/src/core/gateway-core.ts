@@ -49,6 +49,8 @@ export class GatewayCore {
   /** Users whose last connection here closed since the last presence report. */
   private wentOffline = new Set<string>();
   private presenceTimer: NodeJS.Timeout | undefined;
+  /** One timer per gateway (never one per connection) refreshing every registry entry of this gateway. */
+  private readonly refreshTimer: NodeJS.Timeout;
   private draining = false;
   readonly stats: GatewayStats = { connections: 0, framesIn: 0, framesOut: 0 };
 
@@ -60,6 +62,8 @@ export class GatewayCore {
       this.presenceTimer = setInterval(() => void this.reportPresence(), cfg.presenceIntervalMs);
       this.presenceTimer.unref();
     }
+    this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
+    this.refreshTimer.unref();
   }
 
   get accepting(): boolean {
@@ -282,6 +286,32 @@ export class GatewayCore {
     for (const c of live) if (!c.closed) this.hello(c);
   }
 
+  /**
+   * Extends the registry entries of every device registered here, in one call: entries
+   * of a gateway that dies stop being refreshed and expire. Queued with the add/remove
+   * flushes so it never overtakes them.
+   */
+  refreshRegistry(): Promise<void> {
+    this.flushes = this.flushes.then(() => this.refresh());
+    return this.flushes;
+  }
+
+  private async refresh(): Promise<void> {
+    const entries: DeviceEntry[] = [];
+    for (const [userId, conns] of this.byUser) {
+      const devices = new Set<string>();
+      // Connections still waiting for their add are registered by it.
+      for (const c of conns) if (c.ready && !c.closed) devices.add(c.principal.deviceId);
+      for (const deviceId of devices) entries.push({ userId, deviceId });
+    }
+    if (entries.length === 0) return;
+    try {
+      await this.deps.registry.refresh(this.cfg.id, entries);
+    } catch (err) {
+      this.deps.logger.warn({ err, entries: entries.length }, "registry refresh failed");
+    }
+  }
+
   private hello(conn: Connection): void {
     const early = conn.early;
     conn.early = undefined;
@@ -340,6 +370,7 @@ export class GatewayCore {
   async drain(): Promise<void> {
     this.draining = true;
     if (this.presenceTimer) clearInterval(this.presenceTimer);
+    clearInterval(this.refreshTimer);
     const all = [...this.byUser.values()].flat();
     for (const c of all) c.socket?.close(CloseCode.GOING_AWAY, "gateway shutting down: reconnect");
     for (const c of all) this.close(c);

@@ -1,5 +1,6 @@
 import type { Instance } from "../../../lib/discovery/discovery.js";
 import { envInt, envPort, envString, type Env } from "../../../lib/env.js";
+import { redisPrefixFrom, redisUrlFrom } from "../../../lib/redis.js";
 
 export interface RouterConfig {
   host: string;
@@ -11,6 +12,9 @@ export interface RouterConfig {
   gateways: Instance[];
   membershipCacheEntries: number;
   groupMembershipTtlMs: number;
+  /** `PARLEY_REDIS_URL`: the connection registry the gateways write, in Redis; unset → in memory (one process). */
+  redisUrl: string | undefined;
+  redisPrefix: string;
   logLevel: string;
 }
 
@@ -35,6 +39,8 @@ export function loadConfig(env: Env): RouterConfig {
     gateways: parseGateways(env.PARLEY_GATEWAYS),
     membershipCacheEntries: envInt(env, "PARLEY_ROUTER_MEMBERSHIP_CACHE", 100_000, 1, 100_000_000),
     groupMembershipTtlMs: 30_000,
+    redisUrl: redisUrlFrom(env),
+    redisPrefix: redisPrefixFrom(env),
     logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),
   };
 }

@@ -7,6 +7,8 @@ import type { Discovery } from "../../../lib/discovery/discovery.js";
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
 import { createLogger, type Logger } from "../../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
+import { RedisConnectionRegistry } from "../../../lib/registry/connection-registry-redis.js";
+import { openRedis } from "../../../lib/redis.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { RouterConfig } from "./config.js";
@@ -41,6 +43,8 @@ export class RouterContext {
     readonly clock: () => number,
     readonly logger: Logger,
     cfg: RouterConfig,
+    /** Whether close() closes the registry (built here, not passed in). */
+    private readonly ownsRegistry: boolean,
   ) {
     const [groups, messagestore, notify] = transports as [OwnedTransport, OwnedTransport, OwnedTransport];
     this.messagestore = createClient(MessageStoreService, messagestore);
@@ -59,14 +63,16 @@ export class RouterContext {
       o.messagestore ?? dialGrpc(cfg.messagestoreUrl),
       o.notify ?? dialGrpc(cfg.notifyUrl),
     ];
+    const logger = o.logger ?? createLogger("router", cfg.logLevel);
     return new RouterContext(
       transports,
-      o.registry ?? new MemoryConnectionRegistry(),
+      o.registry ?? (await openRegistry(cfg, logger)),
       o.discovery ?? new StaticDiscovery(cfg.gateways),
       o.dialGateway ?? ((url) => dialGrpc(url)),
       o.clock ?? Date.now,
-      o.logger ?? createLogger("router", cfg.logLevel),
+      logger,
       cfg,
+      !o.registry,
     );
   }
 
@@ -87,5 +93,17 @@ export class RouterContext {
     await this.fanOut.idle();
     for (const g of this.gatewayClients.values()) g.transport.close();
     for (const t of this.transports) t.close();
+    if (this.ownsRegistry) await this.registry.close();
   }
+}
+
+/**
+ * The registry `PARLEY_REDIS_URL` selects: Redis, or in memory when unset (only useful
+ * when something in the same process writes it). The router only reads and deletes
+ * stale entries, so the registry TTL is the gateways' setting, not the router's.
+ */
+async function openRegistry(cfg: RouterConfig, logger: Logger): Promise<ConnectionRegistry> {
+  if (!cfg.redisUrl) return new MemoryConnectionRegistry();
+  const redis = await openRedis(cfg.redisUrl, { name: "parley-router", logger });
+  return new RedisConnectionRegistry(redis, { prefix: cfg.redisPrefix });
 }

@@ -1,0 +1,27 @@
+/**
+ * Which real backend servers the tests may use. The test command exports one
+ * `PARLEY_TEST_*` variable per server it started; `PARLEY_REQUIRE_REAL_BACKENDS=1`
+ * (CI) turns a missing one into a loud failure instead of a silently skipped suite.
+ */
+export type RealBackend = "postgres" | "redis" | "etcd" | "cassandra";
+
+const VARIABLES: Record<RealBackend, string> = {
+  postgres: "PARLEY_TEST_POSTGRES_URL",
+  redis: "PARLEY_TEST_REDIS_URL",
+  etcd: "PARLEY_TEST_ETCD_URL",
+  cassandra: "PARLEY_TEST_CASSANDRA",
+};
+
+/**
+ * The address of the real `backend` for tests (e.g. `postgres://parley@127.0.0.1:55432/parley`),
+ * or undefined when none is configured; throws when one is required but missing.
+ */
+export function realBackend(backend: RealBackend): string | undefined {
+  const name = VARIABLES[backend];
+  const value = process.env[name]?.trim();
+  if (value) return value;
+  if (process.env.PARLEY_REQUIRE_REAL_BACKENDS === "1") {
+    throw new Error(`${name} is not set (PARLEY_REQUIRE_REAL_BACKENDS=1 requires a real ${backend} server)`);
+  }
+  return undefined;
+}
