@@ -12,7 +12,9 @@ import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry
 import { RedisConnectionRegistry } from "../../lib/registry/connection-registry-redis.js";
 import { openRedis } from "../../lib/redis.js";
 import type { ConnectionRegistry } from "../../lib/registry/connection-registry.js";
-import { dialGrpc, startGrpcServer, type GrpcServer, type OwnedTransport, type Routes } from "../../lib/rpc.js";
+import type { Discovery, Registrar, Registration } from "../../lib/discovery/discovery.js";
+import { peer } from "../../lib/process-discovery.js";
+import { startGrpcServer, type GrpcServer, type OwnedTransport, type Routes } from "../../lib/rpc.js";
 import type { GatewayConfig } from "./config.js";
 import { GatewayCore } from "./core/gateway-core.js";
 import { authService } from "./public-api/auth-service.js";
@@ -26,6 +28,8 @@ export interface GatewayOverrides {
   messagestore?: OwnedTransport;
   presence?: OwnedTransport;
   registry?: ConnectionRegistry;
+  /** Cluster mode: peers are balanced over discovery, and the gateway registers itself. */
+  discovery?: Discovery & Registrar;
   clock?: () => number;
   logger?: Logger;
 }
@@ -41,6 +45,7 @@ export class Gateway {
     private readonly logger: Logger,
     /** The registry this gateway built (closed by stop()); undefined when passed in. */
     private readonly ownRegistry: ConnectionRegistry | undefined,
+    private readonly registration: Registration | undefined,
   ) {}
 
   get publicPort(): number {
@@ -53,13 +58,15 @@ export class Gateway {
 
   static async start(cfg: GatewayConfig, o: GatewayOverrides = {}): Promise<Gateway> {
     const logger = o.logger ?? createLogger("gateway", cfg.logLevel);
+    const d = o.discovery;
     const t = {
-      session: o.session ?? dialGrpc(cfg.sessionUrl),
-      router: o.router ?? dialGrpc(cfg.routerUrl),
-      groups: o.groups ?? dialGrpc(cfg.groupsUrl),
-      messagestore: o.messagestore ?? dialGrpc(cfg.messagestoreUrl),
-      presence: o.presence ?? dialGrpc(cfg.presenceUrl),
+      session: o.session ?? peer("session", cfg.sessionUrl, d),
+      router: o.router ?? peer("router", cfg.routerUrl, d),
+      groups: o.groups ?? peer("groups", cfg.groupsUrl, d),
+      messagestore: o.messagestore ?? peer("messagestore", cfg.messagestoreUrl, d),
+      presence: o.presence ?? peer("presence", cfg.presenceUrl, d),
     };
+    let registration: Registration | undefined;
     const session = createClient(SessionService, t.session);
     const registry = o.registry ?? (await openRegistry(cfg, logger));
     const ownRegistry = o.registry ? undefined : registry;
@@ -70,6 +77,7 @@ export class Gateway {
       registry,
       clock: o.clock ?? Date.now,
       logger,
+      onConnections: (n) => registration?.setLoad(n),
     });
     const deps = {
       session,
@@ -93,13 +101,20 @@ export class Gateway {
         logger,
       });
       publicServer = await startPublicServer(cfg, core, api, logger);
+      registration = await d?.register({
+        kind: "gateway",
+        id: cfg.id,
+        url: internalServer.url,
+        publicUrl: `http://${cfg.host}:${publicServer.port}`,
+        load: 0,
+      });
     } catch (err) {
       await internalServer?.close();
       for (const tr of Object.values(t)) tr.close();
       await ownRegistry?.close();
       throw err;
     }
-    return new Gateway(cfg, core, publicServer, internalServer, Object.values(t), logger, ownRegistry);
+    return new Gateway(cfg, core, publicServer, internalServer, Object.values(t), logger, ownRegistry, registration);
   }
 
   /**
@@ -107,6 +122,8 @@ export class Gateway {
    * (close code 1001), unregister them, then close the internal port and clients.
    */
   async stop(): Promise<void> {
+    // Leave discovery first, so that no client is assigned here any more.
+    await this.registration?.close();
     this.publicServer.stopListening();
     await this.core.drain();
     await this.internalServer.close();

@@ -22,6 +22,8 @@ export interface GatewayDeps {
   registry: ConnectionRegistry;
   clock: () => number;
   logger: Logger;
+  /** Told the number of open connections whenever it changes (discovery load). */
+  onConnections?: (n: number) => void;
 }
 
 export interface GatewayStats {
@@ -91,6 +93,7 @@ export class GatewayCore {
       return;
     }
     this.stats.connections++;
+    this.deps.onConnections?.(this.stats.connections);
     const list = this.byUser.get(conn.principal.userId);
     if (list) list.push(conn);
     else this.byUser.set(conn.principal.userId, [conn]);
@@ -104,6 +107,7 @@ export class GatewayCore {
     conn.closed = true;
     conn.socket = undefined;
     this.stats.connections--;
+    this.deps.onConnections?.(this.stats.connections);
     const { userId, deviceId } = conn.principal;
     const list = this.byUser.get(userId);
     if (!list) return;

@@ -6,7 +6,7 @@ import { groupsRoutes } from "./routes.js";
 
 const cfg = loadConfig(process.env);
 await runServiceProcess({
-  name: "groups",
+  kind: "groups",
   host: cfg.host,
   port: cfg.port,
   logLevel: cfg.logLevel,
@@ -15,4 +15,4 @@ await runServiceProcess({
     const ctx = await GroupsContext.fromConfig(cfg, { logger });
     return { routes: groupsRoutes(ctx), close: () => ctx.close() };
   },
-});
+}, process.env);

@@ -6,7 +6,7 @@ import { messageStoreRoutes } from "./routes.js";
 
 const cfg = loadConfig(process.env);
 await runServiceProcess({
-  name: "messagestore",
+  kind: "messagestore",
   host: cfg.host,
   port: cfg.port,
   logLevel: cfg.logLevel,
@@ -15,4 +15,4 @@ await runServiceProcess({
     const ctx = await MessageStoreContext.fromConfig(cfg, { logger });
     return { routes: messageStoreRoutes(ctx), close: () => ctx.close() };
   },
-});
+}, process.env);

@@ -6,7 +6,7 @@ import { notifyRoutes } from "./routes.js";
 
 const cfg = loadConfig(process.env);
 await runServiceProcess({
-  name: "notify",
+  kind: "notify",
   host: cfg.host,
   port: cfg.port,
   logLevel: cfg.logLevel,
@@ -15,4 +15,4 @@ await runServiceProcess({
     const ctx = await NotifyContext.fromConfig(cfg, { logger });
     return { routes: notifyRoutes(ctx), close: () => ctx.close() };
   },
-});
+}, process.env);

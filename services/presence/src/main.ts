@@ -6,7 +6,7 @@ import { presenceRoutes } from "./routes.js";
 
 const cfg = loadConfig(process.env);
 await runServiceProcess({
-  name: "presence",
+  kind: "presence",
   host: cfg.host,
   port: cfg.port,
   logLevel: cfg.logLevel,
@@ -15,4 +15,4 @@ await runServiceProcess({
     const ctx = await PresenceContext.fromConfig(cfg, { logger });
     return { routes: presenceRoutes(ctx), close: () => ctx.close() };
   },
-});
+}, process.env);

@@ -10,6 +10,7 @@ import { MemoryConnectionRegistry } from "../../../lib/registry/connection-regis
 import { RedisConnectionRegistry } from "../../../lib/registry/connection-registry-redis.js";
 import { openRedis } from "../../../lib/redis.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { peer } from "../../../lib/process-discovery.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { RouterConfig } from "./config.js";
 import { FanOut } from "./fan-out.js";
@@ -59,9 +60,9 @@ export class RouterContext {
 
   static async fromConfig(cfg: RouterConfig, o: RouterOverrides = {}): Promise<RouterContext> {
     const transports = [
-      o.groups ?? dialGrpc(cfg.groupsUrl),
-      o.messagestore ?? dialGrpc(cfg.messagestoreUrl),
-      o.notify ?? dialGrpc(cfg.notifyUrl),
+      o.groups ?? peer("groups", cfg.groupsUrl, o.discovery),
+      o.messagestore ?? peer("messagestore", cfg.messagestoreUrl, o.discovery),
+      o.notify ?? peer("notify", cfg.notifyUrl, o.discovery),
     ];
     const logger = o.logger ?? createLogger("router", cfg.logLevel);
     return new RouterContext(

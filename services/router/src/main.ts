@@ -6,13 +6,13 @@ import { routerRoutes } from "./routes.js";
 
 const cfg = loadConfig(process.env);
 await runServiceProcess({
-  name: "router",
+  kind: "router",
   host: cfg.host,
   port: cfg.port,
   logLevel: cfg.logLevel,
   services: [RouterService],
-  async start(logger) {
-    const ctx = await RouterContext.fromConfig(cfg, { logger });
+  async start(logger, discovery) {
+    const ctx = await RouterContext.fromConfig(cfg, { logger, discovery });
     return { routes: routerRoutes(ctx), close: () => ctx.close() };
   },
-});
+}, process.env);

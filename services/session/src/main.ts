@@ -6,7 +6,7 @@ import { sessionRoutes } from "./routes.js";
 
 const cfg = loadConfig(process.env);
 await runServiceProcess({
-  name: "session",
+  kind: "session",
   host: cfg.host,
   port: cfg.port,
   logLevel: cfg.logLevel,
@@ -15,4 +15,4 @@ await runServiceProcess({
     const ctx = await SessionContext.fromConfig(cfg, { logger });
     return { routes: sessionRoutes(ctx), close: () => ctx.close() };
   },
-});
+}, process.env);
