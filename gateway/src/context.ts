@@ -85,6 +85,7 @@ export class Gateway {
       messagestore: createClient(MessageStoreService, t.messagestore),
       authenticate: (token: string) => core.authenticate(token),
       sessionRevoked: (sessionId: string) => void core.closeSession(sessionId),
+      self: () => ({ gatewayId: cfg.id, publicUrl: `http://${cfg.host}:${publicServer.port}` }),
     };
     const api: Routes = (router) => {
       router.service(AuthService, authService(deps));

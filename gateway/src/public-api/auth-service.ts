@@ -31,6 +31,12 @@ export function authService(deps: PublicApiDeps): ServiceImpl<typeof AuthService
       if (sid) deps.sessionRevoked(sid);
       return {};
     },
+    async assignGateway(_req, ctx) {
+      const me = await caller(deps, ctx);
+      const assigned = await deps.session.assignGateway({ userId: me.userId });
+      const gw = assigned.gatewayId ? assigned : deps.self();
+      return { gatewayId: gw.gatewayId, publicUrl: gw.publicUrl, wsUrl: `${gw.publicUrl.replace(/^http/, "ws")}/ws` };
+    },
     async me(_req, ctx) {
       const me = await caller(deps, ctx);
       const { users } = await deps.session.getUsers({ userIds: [me.userId] });

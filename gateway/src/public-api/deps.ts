@@ -12,6 +12,8 @@ export interface PublicApiDeps {
   authenticate(token: string): Promise<Principal>;
   /** The session was revoked: close its connections on this gateway. */
   sessionRevoked(sessionId: string): void;
+  /** This gateway, for clients when there is no discovery to choose from. */
+  self(): { gatewayId: string; publicUrl: string };
 }
 
 /** The bearer token of a Connect call, or Unauthenticated. */

@@ -36,7 +36,7 @@ if (etcd) {
         await whenSeen(observer, "messagestore", () => observer.resolve("messagestore", "ms-doomed") !== undefined);
         // A crash: the connection goes away without revoking the lease.
         await doomed.close();
-        await whenSeen(observer, "messagestore", () => observer.resolve("messagestore", "ms-doomed") === undefined, 15_000);
+        await whenSeen(observer, "messagestore", () => observer.resolve("messagestore", "ms-doomed") === undefined, 30_000);
       } finally {
         await observer.close();
       }

@@ -1,6 +1,7 @@
 import { createLogger, type Logger } from "../../../lib/logger.js";
 import type { Sql } from "../../../lib/sql.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
+import { openPostgres } from "../../../lib/sql-pg.js";
 import type { GroupsConfig } from "./config.js";
 import type { ConversationStore } from "./conversation-store.js";
 import { SqlConversationStore } from "./conversation-store-sql.js";
@@ -25,8 +26,17 @@ export class GroupsContext {
     let ownedSql: Sql | undefined;
     let store = o.store;
     if (!store) {
-      const sql = o.sql ?? (ownedSql = await openPglite(cfg.dataDir));
-      store = await SqlConversationStore.open(sql);
+      const sql =
+        o.sql ??
+        (ownedSql = cfg.postgresUrl
+          ? await openPostgres(cfg.postgresUrl, { onIdleError: (err) => logger.warn({ err }, "postgres connection lost") })
+          : await openPglite(cfg.dataDir));
+      try {
+        store = await SqlConversationStore.open(sql);
+      } catch (err) {
+        await ownedSql?.close();
+        throw err;
+      }
     }
     return new GroupsContext(store, o.clock ?? Date.now, logger, ownedSql);
   }

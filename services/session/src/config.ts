@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { ConfigError, envInt as int, envString as nonEmpty, type Env } from "../../../lib/env.js";
+import { postgresUrlFromEnv } from "../../../lib/sql.js";
 
 export { ConfigError, type Env };
 
@@ -10,6 +11,8 @@ export interface SessionConfig {
   port: number;
   /** Root data directory; the embedded database lives in `<dataDir>/session`. */
   dataDir: string;
+  /** `PARLEY_POSTGRES_URL`: a Postgres server instead of the embedded database. */
+  postgresUrl: string | undefined;
   accessTokenTtlSeconds: number;
   refreshTokenTtlSeconds: number;
   logLevel: string;
@@ -23,6 +26,7 @@ export function loadConfig(env: Env): SessionConfig {
     host: nonEmpty(env, "PARLEY_HOST", "127.0.0.1"),
     port: int(env, "PARLEY_SESSION_PORT", 7101, 0, 65535),
     dataDir: nonEmpty(env, "PARLEY_DATA_DIR", "./data"),
+    postgresUrl: postgresUrlFromEnv(env),
     accessTokenTtlSeconds: int(env, "PARLEY_ACCESS_TOKEN_TTL_SECONDS", 15 * 60, 1, 24 * 3600),
     refreshTokenTtlSeconds: int(env, "PARLEY_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, 1, 365 * 24 * 3600),
     logLevel: nonEmpty(env, "PARLEY_LOG_LEVEL", "info"),

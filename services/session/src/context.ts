@@ -1,6 +1,8 @@
+import type { Discovery } from "../../../lib/discovery/discovery.js";
 import { mkdir } from "node:fs/promises";
 import { UuidV7Generator } from "../../../lib/ids.js";
 import { createLogger, type Logger } from "../../../lib/logger.js";
+import { openPostgres } from "../../../lib/sql-pg.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
 import type { Sql } from "../../../lib/sql.js";
 import type { AccountStore } from "./account-store.js";
@@ -17,6 +19,8 @@ export interface SessionOverrides {
   sql?: Sql;
   clock?: Clock;
   logger?: Logger;
+  /** Where the gateways are (cluster mode); without it every client stays on its gateway. */
+  discovery?: Discovery;
 }
 
 /** The id of the access-token signing key. A rotation would add another id. */
@@ -31,6 +35,7 @@ export class SessionContext {
     readonly clock: Clock,
     readonly logger: Logger,
     private readonly ownedSql: Sql | undefined,
+    readonly discovery: Discovery | undefined,
   ) {}
 
   static async fromConfig(cfg: SessionConfig, overrides: SessionOverrides = {}): Promise<SessionContext> {
@@ -38,7 +43,11 @@ export class SessionContext {
     const clock = overrides.clock ?? systemClock;
     let ownedSql: Sql | undefined;
     let sql = overrides.sql;
-    if (!sql) {
+    if (!sql && cfg.postgresUrl) {
+      sql = ownedSql = await openPostgres(cfg.postgresUrl, {
+        onIdleError: (err) => logger.warn({ err }, "postgres connection lost"),
+      });
+    } else if (!sql) {
       const dir = sessionDbDir(cfg);
       await mkdir(dir, { recursive: true });
       sql = ownedSql = await openPglite(dir);
@@ -62,7 +71,7 @@ export class SessionContext {
         refreshTokenTtlMs: cfg.refreshTokenTtlSeconds * 1000,
         logger,
       });
-      return new SessionContext(cfg, accounts, store, clock, logger, ownedSql);
+      return new SessionContext(cfg, accounts, store, clock, logger, ownedSql, overrides.discovery);
     } catch (err) {
       await ownedSql?.close();
       throw err;

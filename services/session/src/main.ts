@@ -11,8 +11,8 @@ await runServiceProcess({
   port: cfg.port,
   logLevel: cfg.logLevel,
   services: [SessionService],
-  async start(logger) {
-    const ctx = await SessionContext.fromConfig(cfg, { logger });
+  async start(logger, discovery) {
+    const ctx = await SessionContext.fromConfig(cfg, { logger, discovery });
     return { routes: sessionRoutes(ctx), close: () => ctx.close() };
   },
 }, process.env);

@@ -1,8 +1,10 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Routes } from "../../../lib/rpc.js";
+import { isUnavailable } from "../../../lib/sql.js";
 import type { SessionContext } from "./context.js";
 import { AuthenticationError, UsernameTakenError } from "./errors.js";
+import { assignGateway } from "./routes/assign-gateway.js";
 import { authenticate } from "./routes/authenticate.js";
 import { getUsers } from "./routes/get-users.js";
 import { logIn } from "./routes/log-in.js";
@@ -29,6 +31,7 @@ export function sessionRoutes(ctx: SessionContext): Routes {
       logOut: h(logOut),
       authenticate: h(authenticate),
       getUsers: h(getUsers),
+      assignGateway: assignGateway(ctx.discovery),
     });
   };
 }
@@ -37,6 +40,10 @@ function toConnectError(ctx: SessionContext, err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof AuthenticationError) return new ConnectError(err.message, Code.Unauthenticated);
   if (err instanceof UsernameTakenError) return new ConnectError(err.message, Code.AlreadyExists);
+  if (isUnavailable(err)) {
+    ctx.logger.warn({ err }, "database unavailable");
+    return new ConnectError("database unavailable", Code.Unavailable);
+  }
   ctx.logger.error({ err }, "unexpected error");
   return new ConnectError("internal error", Code.Internal);
 }

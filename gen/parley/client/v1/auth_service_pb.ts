@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/client/v1/auth_service.proto.
  */
 export const file_parley_client_v1_auth_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNwYXJsZXkvY2xpZW50L3YxL2F1dGhfc2VydmljZS5wcm90bxIQcGFybGV5LmNsaWVudC52MSLLAQoGVG9rZW5zEhQKDGFjY2Vzc190b2tlbhgBIAEoCRI1ChFhY2Nlc3NfZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgDIAEoCRI2ChJyZWZyZXNoX2V4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNlc3Npb25faWQYBSABKAkSEQoJZGV2aWNlX2lkGAYgASgJIlwKDVNpZ25VcFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhEKCWRldmljZV9pZBgEIAEoCSJgCg5TaWduVXBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYucGFybGV5LmNsaWVudC52MS5Vc2VyEigKBnRva2VucxgCIAEoCzIYLnBhcmxleS5jbGllbnQudjEuVG9rZW5zIkUKDExvZ0luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkiXwoNTG9nSW5SZXNwb25zZRIkCgR1c2VyGAEgASgLMhYucGFybGV5LmNsaWVudC52MS5Vc2VyEigKBnRva2VucxgCIAEoCzIYLnBhcmxleS5jbGllbnQudjEuVG9rZW5zIicKDlJlZnJlc2hSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiOwoPUmVmcmVzaFJlc3BvbnNlEigKBnRva2VucxgBIAEoCzIYLnBhcmxleS5jbGllbnQudjEuVG9rZW5zIg8KDUxvZ091dFJlcXVlc3QiEAoOTG9nT3V0UmVzcG9uc2UiCwoJTWVSZXF1ZXN0IlkKCk1lUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLnBhcmxleS5jbGllbnQudjEuVXNlchIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCTKCAwoLQXV0aFNlcnZpY2USSwoGU2lnblVwEh8ucGFybGV5LmNsaWVudC52MS5TaWduVXBSZXF1ZXN0GiAucGFybGV5LmNsaWVudC52MS5TaWduVXBSZXNwb25zZRJICgVMb2dJbhIeLnBhcmxleS5jbGllbnQudjEuTG9nSW5SZXF1ZXN0Gh8ucGFybGV5LmNsaWVudC52MS5Mb2dJblJlc3BvbnNlEk4KB1JlZnJlc2gSIC5wYXJsZXkuY2xpZW50LnYxLlJlZnJlc2hSZXF1ZXN0GiEucGFybGV5LmNsaWVudC52MS5SZWZyZXNoUmVzcG9uc2USSwoGTG9nT3V0Eh8ucGFybGV5LmNsaWVudC52MS5Mb2dPdXRSZXF1ZXN0GiAucGFybGV5LmNsaWVudC52MS5Mb2dPdXRSZXNwb25zZRI/CgJNZRIbLnBhcmxleS5jbGllbnQudjEuTWVSZXF1ZXN0GhwucGFybGV5LmNsaWVudC52MS5NZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_parley_client_v1_types]);
+  fileDesc("CiNwYXJsZXkvY2xpZW50L3YxL2F1dGhfc2VydmljZS5wcm90bxIQcGFybGV5LmNsaWVudC52MSLLAQoGVG9rZW5zEhQKDGFjY2Vzc190b2tlbhgBIAEoCRI1ChFhY2Nlc3NfZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgDIAEoCRI2ChJyZWZyZXNoX2V4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNlc3Npb25faWQYBSABKAkSEQoJZGV2aWNlX2lkGAYgASgJIlwKDVNpZ25VcFJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhEKCWRldmljZV9pZBgEIAEoCSJgCg5TaWduVXBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYucGFybGV5LmNsaWVudC52MS5Vc2VyEigKBnRva2VucxgCIAEoCzIYLnBhcmxleS5jbGllbnQudjEuVG9rZW5zIkUKDExvZ0luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkiXwoNTG9nSW5SZXNwb25zZRIkCgR1c2VyGAEgASgLMhYucGFybGV5LmNsaWVudC52MS5Vc2VyEigKBnRva2VucxgCIAEoCzIYLnBhcmxleS5jbGllbnQudjEuVG9rZW5zIicKDlJlZnJlc2hSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiOwoPUmVmcmVzaFJlc3BvbnNlEigKBnRva2VucxgBIAEoCzIYLnBhcmxleS5jbGllbnQudjEuVG9rZW5zIg8KDUxvZ091dFJlcXVlc3QiEAoOTG9nT3V0UmVzcG9uc2UiCwoJTWVSZXF1ZXN0IlkKCk1lUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLnBhcmxleS5jbGllbnQudjEuVXNlchIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCSIWChRBc3NpZ25HYXRld2F5UmVxdWVzdCJPChVBc3NpZ25HYXRld2F5UmVzcG9uc2USEgoKZ2F0ZXdheV9pZBgBIAEoCRIOCgZ3c191cmwYAiABKAkSEgoKcHVibGljX3VybBgDIAEoCTLkAwoLQXV0aFNlcnZpY2USSwoGU2lnblVwEh8ucGFybGV5LmNsaWVudC52MS5TaWduVXBSZXF1ZXN0GiAucGFybGV5LmNsaWVudC52MS5TaWduVXBSZXNwb25zZRJICgVMb2dJbhIeLnBhcmxleS5jbGllbnQudjEuTG9nSW5SZXF1ZXN0Gh8ucGFybGV5LmNsaWVudC52MS5Mb2dJblJlc3BvbnNlEk4KB1JlZnJlc2gSIC5wYXJsZXkuY2xpZW50LnYxLlJlZnJlc2hSZXF1ZXN0GiEucGFybGV5LmNsaWVudC52MS5SZWZyZXNoUmVzcG9uc2USSwoGTG9nT3V0Eh8ucGFybGV5LmNsaWVudC52MS5Mb2dPdXRSZXF1ZXN0GiAucGFybGV5LmNsaWVudC52MS5Mb2dPdXRSZXNwb25zZRI/CgJNZRIbLnBhcmxleS5jbGllbnQudjEuTWVSZXF1ZXN0GhwucGFybGV5LmNsaWVudC52MS5NZVJlc3BvbnNlEmAKDUFzc2lnbkdhdGV3YXkSJi5wYXJsZXkuY2xpZW50LnYxLkFzc2lnbkdhdGV3YXlSZXF1ZXN0GicucGFybGV5LmNsaWVudC52MS5Bc3NpZ25HYXRld2F5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_parley_client_v1_types]);
 
 /**
  * Tokens of one device session.
@@ -270,6 +270,50 @@ export const MeResponseSchema: GenMessage<MeResponse> = /*@__PURE__*/
   messageDesc(file_parley_client_v1_auth_service, 10);
 
 /**
+ * @generated from message parley.client.v1.AssignGatewayRequest
+ */
+export type AssignGatewayRequest = Message<"parley.client.v1.AssignGatewayRequest"> & {
+};
+
+/**
+ * Describes the message parley.client.v1.AssignGatewayRequest.
+ * Use `create(AssignGatewayRequestSchema)` to create a new message.
+ */
+export const AssignGatewayRequestSchema: GenMessage<AssignGatewayRequest> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_auth_service, 11);
+
+/**
+ * @generated from message parley.client.v1.AssignGatewayResponse
+ */
+export type AssignGatewayResponse = Message<"parley.client.v1.AssignGatewayResponse"> & {
+  /**
+   * @generated from field: string gateway_id = 1;
+   */
+  gatewayId: string;
+
+  /**
+   * The WebSocket URL to connect to, e.g. ws://10.0.0.7:7000/ws
+   *
+   * @generated from field: string ws_url = 2;
+   */
+  wsUrl: string;
+
+  /**
+   * The same gateway's Connect base URL.
+   *
+   * @generated from field: string public_url = 3;
+   */
+  publicUrl: string;
+};
+
+/**
+ * Describes the message parley.client.v1.AssignGatewayResponse.
+ * Use `create(AssignGatewayResponseSchema)` to create a new message.
+ */
+export const AssignGatewayResponseSchema: GenMessage<AssignGatewayResponse> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_auth_service, 12);
+
+/**
  * Public account API, served by the gateway over Connect (HTTP/1.1, JSON or binary).
  * Every RPC but SignUp, LogIn and Refresh needs `Authorization: Bearer <access token>`.
  *
@@ -320,6 +364,17 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof MeRequestSchema;
     output: typeof MeResponseSchema;
+  },
+  /**
+   * Which gateway to open the WebSocket on (service discovery assigns clients to the
+   * least loaded gateway). Ask any gateway; reconnects after a failure ask again.
+   *
+   * @generated from rpc parley.client.v1.AuthService.AssignGateway
+   */
+  assignGateway: {
+    methodKind: "unary";
+    input: typeof AssignGatewayRequestSchema;
+    output: typeof AssignGatewayResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_client_v1_auth_service, 0);
