@@ -163,7 +163,13 @@ export class GatewayCore {
       return;
     }
     conn.inFlightSends++;
+    const tails = (conn.sendTails ??= new Map());
+    const previous = tails.get(s.conversationId);
+    let done!: () => void;
+    const tail = new Promise<void>((resolve) => (done = resolve));
+    tails.set(s.conversationId, tail);
     try {
+      if (previous) await previous;
       const ack = await this.deps.router.send({
         senderId: conn.principal.userId,
         senderDeviceId: conn.principal.deviceId,
@@ -195,6 +201,9 @@ export class GatewayCore {
       this.reply(conn, errorFrame(code, ce.rawMessage, ref, s.clientMsgId));
     } finally {
       conn.inFlightSends--;
+      done();
+      if (tails.get(s.conversationId) === tail) tails.delete(s.conversationId);
+      if (tails.size === 0) conn.sendTails = undefined;
     }
   }
 

@@ -9,6 +9,7 @@ import { clientMessage } from "../../../lib/client-message.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import { GatewayOutbox } from "./gateway-outbox.js";
+import { SeqOrder } from "./seq-order.js";
 
 export interface FanOutItem {
   message: Message;
@@ -46,15 +47,27 @@ export class FanOut {
     private readonly gateway: (gatewayId: string) => Client<typeof DeliveryService> | undefined,
     private readonly notify: Client<typeof NotifyService> | undefined,
     private readonly logger: Logger,
-  ) {}
+    /** How long a message waits for a predecessor that has not come back from the store yet. */
+    reorderHoldMs = 100,
+  ) {
+    this.order = new SeqOrder((o) => this.dispatchInOrder(o.item), reorderHoldMs);
+  }
 
+  private readonly order: SeqOrder<{ conversationId: string; seq: number; item: FanOutItem }>;
+
+  /** A stored message; fan-out happens in each conversation's sequence order. */
   enqueue(item: FanOutItem): void {
+    this.order.push({ conversationId: item.message.conversationId, seq: Number(item.message.seq), item });
+  }
+
+  private dispatchInOrder(item: FanOutItem): void {
     this.queue.push(item);
     if (!this.running) void this.run();
   }
 
   /** Resolves once everything enqueued so far was handed to its gateways. */
   async idle(): Promise<void> {
+    this.order.flush();
     if (this.running) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     await Promise.all([...this.outboxes.values()].map((o) => o.idle()));
   }
