@@ -2,8 +2,10 @@ import { mkdir } from "node:fs/promises";
 import { createLogger, type Logger } from "../../../lib/logger.js";
 import type { Sql } from "../../../lib/sql.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
+import { openPostgres } from "../../../lib/sql-pg.js";
 import type { MessageStoreConfig } from "./config.js";
 import type { MessageRepository } from "./message-repository.js";
+import { CassandraMessageRepository } from "./message-repository-cassandra.js";
 import { SqlMessageRepository } from "./message-repository-sql.js";
 import { Sequencer, type SequencerOptions } from "./sequencer.js";
 
@@ -25,15 +27,24 @@ export class MessageStoreContext {
     readonly sequencer: Sequencer,
     readonly logger: Logger,
     private readonly ownedSql: Sql | undefined,
+    private readonly ownedRepository?: MessageRepository,
   ) {}
 
   static async fromConfig(cfg: MessageStoreConfig, overrides: MessageStoreOverrides = {}): Promise<MessageStoreContext> {
     const logger = overrides.logger ?? createLogger("messagestore", cfg.logLevel);
     let ownedSql: Sql | undefined;
     let repository = overrides.repository;
+    let ownedRepository: MessageRepository | undefined;
+    if (!repository && cfg.cassandra) {
+      repository = ownedRepository = await CassandraMessageRepository.create(cfg.cassandra);
+    }
     if (!repository) {
       let sql = overrides.sql;
-      if (!sql) {
+      if (!sql && cfg.postgresUrl) {
+        sql = ownedSql = await openPostgres(cfg.postgresUrl, {
+          onIdleError: (err) => logger.warn({ err }, "postgres connection lost"),
+        });
+      } else if (!sql) {
         await mkdir(cfg.dataDir, { recursive: true });
         sql = ownedSql = await openPglite(cfg.dataDir);
       }
@@ -50,12 +61,13 @@ export class MessageStoreContext {
       clock: overrides.clock,
       logger: logger.child({ subsystem: "sequencer" }),
     });
-    return new MessageStoreContext(repository, sequencer, logger, ownedSql);
+    return new MessageStoreContext(repository, sequencer, logger, ownedSql, ownedRepository);
   }
 
   /** Finishes the queued appends, then closes what the context opened. */
   async close(): Promise<void> {
     await this.sequencer.close();
     await this.ownedSql?.close();
+    await this.ownedRepository?.close?.();
   }
 }

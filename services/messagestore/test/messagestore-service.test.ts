@@ -193,7 +193,14 @@ describe("MessageStoreService error codes", () => {
 
 describe("loadConfig", () => {
   it("has defaults and checks the port", () => {
-    assert.deepEqual(loadConfig({}), { host: "127.0.0.1", port: 7103, dataDir: join("data", "messagestore"), logLevel: "info" });
+    assert.deepEqual(loadConfig({}), {
+      host: "127.0.0.1",
+      port: 7103,
+      dataDir: join("data", "messagestore"),
+      postgresUrl: undefined,
+      cassandra: undefined,
+      logLevel: "info",
+    });
     const cfg = loadConfig({ PARLEY_MESSAGESTORE_PORT: "0", PARLEY_DATA_DIR: "/var/parley", PARLEY_LOG_LEVEL: "debug" });
     assert.equal(cfg.port, 0);
     assert.equal(cfg.dataDir, join("/var/parley", "messagestore"));
