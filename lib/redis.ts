@@ -115,3 +115,24 @@ export function redisUrlFrom(env: Env): string | undefined {
 export function redisPrefixFrom(env: Env): string {
   return env.PARLEY_REDIS_PREFIX?.trim() || "parley:";
 }
+
+/**
+ * Best-effort pipelines run in the background (lazy cleanups): a failure only leaves
+ * work for the next reader, and `settled()` lets close() wait for what is in flight.
+ */
+export class BackgroundPipelines {
+  private readonly pending = new Set<Promise<void>>();
+
+  run(p: ChainableCommander, what: string): void {
+    const done = execPipeline(p, what).then(
+      () => {},
+      () => {},
+    );
+    this.pending.add(done);
+    void done.finally(() => this.pending.delete(done));
+  }
+
+  async settled(): Promise<void> {
+    await Promise.all(this.pending);
+  }
+}

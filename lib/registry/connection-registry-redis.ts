@@ -5,7 +5,7 @@ import {
   type DeviceEntry,
   type RegistryTiming,
 } from "./connection-registry.js";
-import { closeRedis, execPipeline } from "../redis.js";
+import { BackgroundPipelines, closeRedis, execPipeline } from "../redis.js";
 
 /**
  * The connection registry on Redis (ioredis).
@@ -107,7 +107,7 @@ export class RedisConnectionRegistry implements ConnectionRegistry {
   private readonly ttlMs: number;
   private readonly clock: () => number;
   /** Lazy deletes of expired entries still in flight (awaited by close()). */
-  private readonly cleanups = new Set<Promise<void>>();
+  private readonly cleanups = new BackgroundPipelines();
 
   /** Takes ownership of `redis` (closed by close()). */
   constructor(
@@ -192,16 +192,11 @@ export class RedisConnectionRegistry implements ConnectionRegistry {
   private forget(expired: [string, string[]][]): void {
     const p = this.pipeline();
     for (const [key, pairs] of expired) p.parleyRegistryForget(key, ...pairs);
-    const done = execPipeline(p, "registry cleanup").then(
-      () => {},
-      () => {},
-    );
-    this.cleanups.add(done);
-    void done.finally(() => this.cleanups.delete(done));
+    this.cleanups.run(p, "registry cleanup");
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.cleanups);
+    await this.cleanups.settled();
     await closeRedis(this.redis);
   }
 }

@@ -1,5 +1,5 @@
 import type { ChainableCommander, Redis } from "ioredis";
-import { closeRedis, execPipeline } from "../../../lib/redis.js";
+import { BackgroundPipelines, closeRedis, execPipeline } from "../../../lib/redis.js";
 import type { Presence, PresenceStore } from "./presence-store.js";
 
 /**
@@ -44,7 +44,7 @@ type Scripted = { [K in keyof typeof SCRIPTS]: (key: string, ...args: (string | 
 
 export class RedisPresenceStore implements PresenceStore {
   private readonly prefix: string;
-  private readonly cleanups = new Set<Promise<void>>();
+  private readonly cleanups = new BackgroundPipelines();
 
   /** Takes ownership of `redis` (closed by close()). */
   constructor(
@@ -97,16 +97,11 @@ export class RedisPresenceStore implements PresenceStore {
   private forget(expired: Map<string, string[]>): void {
     const p = this.pipeline();
     for (const [userId, pairs] of expired) p.parleyPresenceForget(this.key(userId), ...pairs);
-    const done = execPipeline(p, "presence cleanup").then(
-      () => {},
-      () => {},
-    );
-    this.cleanups.add(done);
-    void done.finally(() => this.cleanups.delete(done));
+    this.cleanups.run(p, "presence cleanup");
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.cleanups);
+    await this.cleanups.settled();
     await closeRedis(this.redis);
   }
 }
