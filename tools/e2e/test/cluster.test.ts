@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
+import { ownerOf } from "../../../lib/balancer.js";
 import { realBackend } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
@@ -24,6 +25,42 @@ async function sendAll(c: FrameClient, conversationId: string, prefix: string, n
   for (const f of c.frames) {
     if (f.kind.case === "error") assert.fail(`send failed: ${f.kind.value.message}`);
     if (f.kind.case === "ack") acked.push(Number(f.kind.value.seq));
+  }
+  return acked;
+}
+
+
+/**
+ * Sends `n` messages like a careful client: a retryable error (a backend went away)
+ * is answered by resending the same frame (same client_msg_id) after a pause.
+ * Resolves with every acknowledged message: client_msg_id → seq.
+ */
+async function sendResilient(c: FrameClient, conversationId: string, prefix: string, n: number): Promise<Map<string, number>> {
+  const ids = Array.from({ length: n }, () => randomUUID());
+  const acked = new Map<string, number>();
+  const seen = new Set<object>();
+  let next = 0;
+  let inFlight = 0;
+  const send = (i: number) => {
+    inFlight++;
+    c.send({ ref: i + 1, kind: { case: "send", value: { clientMsgId: ids[i]!, conversationId, body: `${prefix} ${i}` } } });
+  };
+  while (acked.size < n) {
+    while (next < n && inFlight < WINDOW) send(next++);
+    await c.signal.until("an answer", () => c.frames.some((f) => !seen.has(f) && (f.kind.case === "ack" || f.kind.case === "error")), 60_000);
+    for (const f of c.frames) {
+      if (seen.has(f)) continue;
+      seen.add(f);
+      if (f.kind.case === "ack") {
+        inFlight--;
+        acked.set(f.kind.value.clientMsgId, Number(f.kind.value.seq));
+      } else if (f.kind.case === "error") {
+        inFlight--;
+        assert.ok(f.kind.value.retryable, `non-retryable error: ${f.kind.value.message}`);
+        const i = f.ref - 1;
+        setTimeout(() => send(i), 250);
+      }
+    }
   }
   return acked;
 }
@@ -204,5 +241,49 @@ if (configured) {
       await sender.close();
       await receiver.close();
     });
+
+    for (const kind of ["messagestore", "router"] as const) {
+      it(`survives kill -9 of the ${kind} that owns a conversation mid-stream: no seq twice, every acknowledged message stored once`, async () => {
+        const [gw] = cluster.gatewayUrls();
+        const u = await api(gw!).auth.signUp({ username: `k-${randomUUID().slice(0, 8)}`, password: PASSWORD });
+        const v = await api(gw!).auth.signUp({ username: `v-${randomUUID().slice(0, 8)}`, password: PASSWORD });
+        const tok = u.tokens!.accessToken;
+        const { conversation } = await api(gw!, tok).chat.openDirectConversation({
+          peer: { case: "peerUserId", value: v.user!.userId },
+        });
+        const conv = conversation!.conversationId;
+        const owner = ownerOf(conv, cluster.discovery.list(kind))!;
+        const c = await FrameClient.connect(`${gw!.replace(/^http/, "ws")}/ws`, tok);
+        const total = 300;
+        const sending = sendResilient(c, conv, kind, total);
+        await c.signal.until("traffic", () => c.frames.filter((f) => f.kind.case === "ack").length >= 30, 30_000);
+        await cluster.processes.find((p) => p.name === owner.id)!.kill();
+        const acked = await sending;
+        await c.close();
+        assert.ok(
+          c.frames.some((f) => f.kind.case === "error" && f.kind.value.retryable),
+          "the kill interrupted the stream (sends were refused and resent)",
+        );
+        const seqs = [...acked.values()];
+        assert.equal(acked.size, total);
+        assert.equal(new Set(seqs).size, total, "no sequence number assigned twice");
+        // History: every acknowledged message exactly once, under its acknowledged seq.
+        const history = new Map<number, string>();
+        let before = 0n;
+        for (;;) {
+          const page = await api(gw!, tok).chat.getHistory({ conversationId: conv, beforeSeq: before, limit: 200 });
+          for (const m of page.messages) {
+            assert.ok(!history.has(Number(m.seq)));
+            history.set(Number(m.seq), m.clientMsgId);
+          }
+          if (page.nextBeforeSeq === 0n) break;
+          before = page.nextBeforeSeq;
+        }
+        for (const [clientMsgId, seq] of acked) assert.equal(history.get(seq), clientMsgId, `seq ${seq} holds its message`);
+        assert.equal(new Set(history.values()).size, history.size, "no message stored twice");
+        // Bring the cluster back to full strength for the tests after this one.
+        await cluster.spawn(kind, Number(owner.id.split("-").pop()) - 1);
+      });
+    }
   });
 }
