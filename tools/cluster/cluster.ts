@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
 import type { ServiceKind } from "../../lib/discovery/discovery.js";
@@ -45,6 +45,8 @@ export interface ClusterOptions {
   namespace?: string;
   logLevel?: string;
   extraEnv?: Record<string, string>;
+  /** Extra node flags for every process (e.g. --cpu-prof). */
+  nodeArgs?: string[];
   /** Each process's output lines, for logs. */
   onLine?: (proc: string, line: string) => void;
 }
@@ -61,8 +63,9 @@ export class ClusterProcess {
     readonly kind: ServiceKind,
     readonly env: Record<string, string>,
     onLine?: (proc: string, line: string) => void,
+    nodeArgs: readonly string[] = [],
   ) {
-    this.child = spawn(process.execPath, ["--import", "tsx", ENTRY[kind]], {
+    this.child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", ENTRY[kind]], {
       cwd: ROOT,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"],
@@ -146,7 +149,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
       penv.PARLEY_GATEWAY_ID = id;
       penv.PARLEY_GATEWAY_PORT = String(o.gatewayBasePort ? o.gatewayBasePort + index : 0);
     }
-    const p = new ClusterProcess(id, kind, penv, o.onLine);
+    const p = new ClusterProcess(id, kind, penv, o.onLine, o.nodeArgs);
     processes.push(p);
     await waitRegistered(discovery, kind, id, p);
     return p;
@@ -208,4 +211,23 @@ function waitRegistered(discovery: EtcdDiscovery, kind: ServiceKind, id: string,
     const timer = setTimeout(() => done(new Error(`${id} did not register within 90 s\n${p.lines.slice(-20).join("\n")}`)), 90_000);
     void p.exited.then((code) => done(new Error(`${id} exited (${code}) before registering\n${p.lines.slice(-20).join("\n")}`)));
   });
+}
+
+/** Starts the real backends if they are not running (tools/infra/infra.sh up) and says where they are. */
+export function ensureInfra(): Backends {
+  execFileSync("bash", ["tools/infra/infra.sh", "up"], { cwd: ROOT, stdio: ["ignore", process.stderr, process.stderr] });
+  const out = execFileSync("bash", ["tools/infra/infra.sh", "env"], { cwd: ROOT, encoding: "utf8" });
+  const vars = new Map<string, string>();
+  for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) vars.set(m[1]!, m[2]!.replace(/^['"]|['"]$/g, ""));
+  const need = (name: string) => {
+    const v = vars.get(name);
+    if (!v) throw new Error(`tools/infra/infra.sh env did not print ${name}`);
+    return v;
+  };
+  return {
+    postgresUrl: need("PARLEY_TEST_POSTGRES_URL"),
+    redisUrl: need("PARLEY_TEST_REDIS_URL"),
+    etcdUrl: need("PARLEY_TEST_ETCD_URL"),
+    cassandra: need("PARLEY_TEST_CASSANDRA"),
+  };
 }

@@ -5,32 +5,11 @@
  * own process, finding each other through etcd. Ctrl-C stops the processes; the
  * backends keep running (`npm run infra -- down` stops them).
  */
-import { execFileSync } from "node:child_process";
 import { onShutdownSignal } from "../../lib/shutdown.js";
-import { startCluster, type Backends } from "./cluster.js";
-
-const ROOT = new URL("../..", import.meta.url).pathname;
-
-function backends(): Backends {
-  execFileSync("bash", ["tools/infra/infra.sh", "up"], { cwd: ROOT, stdio: "inherit" });
-  const out = execFileSync("bash", ["tools/infra/infra.sh", "env"], { cwd: ROOT, encoding: "utf8" });
-  const vars = new Map<string, string>();
-  for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) vars.set(m[1]!, m[2]!.replace(/^['"]|['"]$/g, ""));
-  const need = (name: string) => {
-    const v = vars.get(name);
-    if (!v) throw new Error(`tools/infra/infra.sh env did not print ${name}`);
-    return v;
-  };
-  return {
-    postgresUrl: need("PARLEY_TEST_POSTGRES_URL"),
-    redisUrl: need("PARLEY_TEST_REDIS_URL"),
-    etcdUrl: need("PARLEY_TEST_ETCD_URL"),
-    cassandra: need("PARLEY_TEST_CASSANDRA"),
-  };
-}
+import { ensureInfra, startCluster } from "./cluster.js";
 
 const cluster = await startCluster({
-  backends: backends(),
+  backends: ensureInfra(),
   namespace: process.env.PARLEY_CLUSTER_NAMESPACE ?? "parley",
   gatewayBasePort: Number(process.env.PARLEY_GATEWAY_PORT ?? 7000),
   logLevel: process.env.PARLEY_LOG_LEVEL ?? "info",

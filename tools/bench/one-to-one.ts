@@ -1,0 +1,178 @@
+/**
+ * Benchmark: 1:1 messages through the cluster on the real backends (send on one
+ * gateway → router → message store (Cassandra) → receive on another gateway), side by
+ * side with a bare uWebSockets.js relay run in the same process with the same client
+ * load. Reports messages/s, p50/p99 end-to-end latency, and server CPU-seconds, so
+ * throughput per CPU-second can be compared.
+ *
+ *   node --import tsx tools/bench/one-to-one.ts [--pairs 50] [--messages 200] [--window 8]
+ */
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import WebSocket from "ws";
+import { api, FrameClient } from "../e2e/harness.js";
+import { ensureInfra, startCluster } from "../cluster/cluster.js";
+import { cpuSeconds, percentile } from "./cpu.js";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+const { values } = parseArgs({
+  options: {
+    pairs: { type: "string", default: "50" },
+    messages: { type: "string", default: "200" },
+    window: { type: "string", default: "8" },
+  },
+});
+const PAIRS = Number(values.pairs);
+const MESSAGES = Number(values.messages);
+const WINDOW = Number(values.window);
+
+interface Result {
+  name: string;
+  delivered: number;
+  seconds: number;
+  serverCpuSeconds: number;
+  latenciesMs: number[];
+}
+
+function report(r: Result) {
+  const sorted = [...r.latenciesMs].sort((a, b) => a - b);
+  return {
+    name: r.name,
+    delivered: r.delivered,
+    msgsPerSecond: Math.round(r.delivered / r.seconds),
+    p50Ms: +percentile(sorted, 50).toFixed(2),
+    p99Ms: +percentile(sorted, 99).toFixed(2),
+    serverCpuSeconds: +r.serverCpuSeconds.toFixed(2),
+    msgsPerCpuSecond: Math.round(r.delivered / r.serverCpuSeconds),
+  };
+}
+
+/**
+ * Drives P sender→receiver pairs: each sender keeps at most WINDOW messages not yet
+ * received by its peer; the body carries the send time. Resolves when all arrived.
+ */
+async function drive(
+  senders: ((body: string) => void)[],
+  onReceive: (pair: number, handler: (body: string) => void) => void,
+): Promise<{ seconds: number; latencies: number[] }> {
+  const latencies: number[] = [];
+  const started = performance.now();
+  await Promise.all(
+    senders.map(
+      (send, pair) =>
+        new Promise<void>((resolve) => {
+          let sent = 0;
+          let received = 0;
+          const pump = () => {
+            while (sent < MESSAGES && sent - received < WINDOW) send(`${performance.now()}`), sent++;
+          };
+          onReceive(pair, (body) => {
+            latencies.push(performance.now() - Number(body));
+            received++;
+            if (received === MESSAGES) resolve();
+            else pump();
+          });
+          pump();
+        }),
+    ),
+  );
+  return { seconds: (performance.now() - started) / 1000, latencies };
+}
+
+async function benchParley(): Promise<Result> {
+  const cluster = await startCluster({
+    backends: ensureInfra(),
+    extraEnv: {
+      PARLEY_FRAMES_PER_SECOND: "1000000",
+      PARLEY_FRAME_BURST: "1000000",
+    },
+    nodeArgs: process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean),
+    onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
+  });
+  try {
+    const [g1, g2] = cluster.discovery.list("gateway");
+    const ws = (g: typeof g1) => `${g!.publicUrl!.replace(/^http/, "ws")}/ws`;
+    const password = randomUUID();
+    const pairs = await Promise.all(
+      Array.from({ length: PAIRS }, async (_, i) => {
+        const a = await api(g1!.publicUrl!).auth.signUp({ username: `bench-a${i}-${randomUUID().slice(0, 6)}`, password });
+        const b = await api(g1!.publicUrl!).auth.signUp({ username: `bench-b${i}-${randomUUID().slice(0, 6)}`, password });
+        const { conversation } = await api(g1!.publicUrl!, a.tokens!.accessToken).chat.openDirectConversation({
+          peer: { case: "peerUserId", value: b.user!.userId },
+        });
+        const sender = await FrameClient.connect(ws(g1), a.tokens!.accessToken);
+        const receiver = await FrameClient.connect(ws(g2), b.tokens!.accessToken);
+        return { sender, receiver, conversationId: conversation!.conversationId };
+      }),
+    );
+    const before = new Map(cluster.processes.map((p) => [p.name, cpuSeconds(p.child.pid!)]));
+    const cpu0 = [...before.values()].reduce((a, b) => a + b, 0);
+    const { seconds, latencies } = await drive(
+      pairs.map((p) => (body) =>
+        p.sender.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId: p.conversationId, body } } }),
+      ),
+      (i, handler) =>
+        pairs[i]!.receiver.ws.on("message", () => {
+          const f = pairs[i]!.receiver.frames.pop();
+          if (f?.kind.case === "message") handler(f.kind.value.body);
+        }),
+    );
+    const cpu1 = cluster.processes.reduce((s, p) => s + cpuSeconds(p.child.pid!), 0);
+    console.error(
+      "server CPU-seconds by process:",
+      cluster.processes.map((p) => `${p.name}=${(cpuSeconds(p.child.pid!) - before.get(p.name)!).toFixed(2)}`).join(" "),
+    );
+    for (const p of pairs) {
+      const errors = p.sender.frames.filter((f) => f.kind.case === "error");
+      if (errors.length > 0) throw new Error(`send errors: ${errors.length}`);
+      await p.sender.close();
+      await p.receiver.close();
+    }
+    return { name: "parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", delivered: latencies.length, seconds, serverCpuSeconds: cpu1 - cpu0, latenciesMs: latencies };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+async function benchRelay(): Promise<Result> {
+  const child = spawn(process.execPath, ["--import", "tsx", "tools/bench/relay-baseline.ts"], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  try {
+    const { port } = await new Promise<{ port: number }>((resolve) =>
+      createInterface({ input: child.stdout! }).once("line", (l) => resolve(JSON.parse(l))),
+    );
+    const open = (id: number) =>
+      new Promise<WebSocket>((resolve, reject) => {
+        const w = new WebSocket(`ws://127.0.0.1:${port}/ws?id=${id}`);
+        w.once("open", () => resolve(w));
+        w.once("error", reject);
+      });
+    const pairs = await Promise.all(
+      Array.from({ length: PAIRS }, async (_, i) => ({ sender: await open(2 * i), receiver: await open(2 * i + 1), target: 2 * i + 1 })),
+    );
+    const cpu0 = cpuSeconds(child.pid!);
+    const { seconds, latencies } = await drive(
+      pairs.map((p) => (body) => p.sender.send(`${p.target}|${body}`)),
+      (i, handler) => pairs[i]!.receiver.on("message", (d: Buffer) => handler(d.toString())),
+    );
+    const cpu1 = cpuSeconds(child.pid!);
+    for (const p of pairs) {
+      p.sender.close();
+      p.receiver.close();
+    }
+    return { name: "bare uWebSockets.js relay (baseline)", delivered: latencies.length, seconds, serverCpuSeconds: cpu1 - cpu0, latenciesMs: latencies };
+  } finally {
+    child.kill("SIGTERM");
+  }
+}
+
+const relay = report(await benchRelay());
+const parley = report(await benchParley());
+console.log(JSON.stringify({ pairs: PAIRS, messagesPerPair: MESSAGES, window: WINDOW, results: [relay, parley] }, null, 2));
+console.log(
+  `\nparley / relay: throughput ${(parley.msgsPerSecond / relay.msgsPerSecond).toFixed(3)}x, ` +
+    `msgs per server CPU-second ${(parley.msgsPerCpuSecond / relay.msgsPerCpuSecond).toFixed(3)}x, ` +
+    `p99 ${(parley.p99Ms / relay.p99Ms).toFixed(1)}x`,
+);
+process.exit(0);
