@@ -11,7 +11,7 @@ import { createServer, connect, type Server, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { Code } from "@connectrpc/connect";
 import cassandra from "cassandra-driver";
-import { randomUuid, UuidV7Generator } from "../../../lib/ids.js";
+import { randomUuid } from "../../../lib/ids.js";
 import { createLogger } from "../../../lib/logger.js";
 import { realBackend } from "../../../lib/testing/backends.js";
 import { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
@@ -20,7 +20,6 @@ import { createClient, inProcess } from "../../../lib/rpc.js";
 import { loadConfig } from "../src/config.js";
 import { MessageStoreContext } from "../src/context.js";
 import { SeqConflictError, StoreUnavailableError } from "../src/errors.js";
-import type { StoredMessage } from "../src/message-repository.js";
 import {
   CassandraMessageRepository,
   type CassandraFaults,
@@ -29,29 +28,12 @@ import {
 import { messageStoreRoutes } from "../src/routes.js";
 import { toConnectError } from "../src/routes/errors.js";
 import { Sequencer, type AppendInput, type AppendResult } from "../src/sequencer.js";
+import { messages } from "./message-repository.contract.js";
 
 const server = realBackend("cassandra");
 const silent = createLogger("messagestore", "silent");
-const ids = new UuidV7Generator();
 const BUCKET = 10;
 
-function messages(conversationId: string, from: number, to: number): StoredMessage[] {
-  const senderId = randomUuid();
-  const out: StoredMessage[] = [];
-  for (let seq = from; seq <= to; seq++) {
-    out.push({
-      conversationId,
-      seq,
-      messageId: ids.next(),
-      senderId,
-      senderDeviceId: randomUuid(),
-      clientMsgId: randomUuid(),
-      body: `message ${seq}`,
-      sentAtMs: 1_700_000_000_000 + seq,
-    });
-  }
-  return out;
-}
 
 function appendInput(conversationId: string, n: number): AppendInput {
   return { conversationId, senderId: randomUuid(), senderDeviceId: randomUuid(), clientMsgId: randomUuid(), body: `m${n}` };

@@ -13,7 +13,7 @@ export interface MessageRepositoryFixture {
 const ids = new UuidV7Generator();
 
 /** Messages seq from..to of one conversation, sent one second apart. */
-function messages(conversationId: string, from: number, to: number, senderId = randomUuid()): StoredMessage[] {
+export function messages(conversationId: string, from: number, to: number, senderId = randomUuid()): StoredMessage[] {
   const out: StoredMessage[] = [];
   for (let seq = from; seq <= to; seq++) {
     out.push({
