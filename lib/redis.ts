@@ -136,3 +136,14 @@ export class BackgroundPipelines {
     await Promise.all(this.pending);
   }
 }
+
+/**
+ * Lua: KEYS[1] a hash; ARGV field, value pairs. Deletes each field that still holds the
+ * value a reader saw expire (a newer write is left alone). Used for lazy cleanup.
+ */
+export const FORGET_STALE_FIELDS = `
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return n`;

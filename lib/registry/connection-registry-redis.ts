@@ -5,7 +5,7 @@ import {
   type DeviceEntry,
   type RegistryTiming,
 } from "./connection-registry.js";
-import { BackgroundPipelines, closeRedis, execPipeline } from "../redis.js";
+import { BackgroundPipelines, FORGET_STALE_FIELDS, closeRedis, execPipeline } from "../redis.js";
 
 /**
  * The connection registry on Redis (ioredis).
@@ -91,12 +91,7 @@ for i = 1, #all, 2 do
 end
 return n`,
   /** KEYS[1] user hash; ARGV: deviceId, value pairs: deletes each field still holding that (expired) value. */
-  parleyRegistryForget: `
-local n = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
-end
-return n`,
+  parleyRegistryForget: FORGET_STALE_FIELDS,
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;

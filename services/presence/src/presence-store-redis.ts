@@ -1,5 +1,5 @@
 import type { ChainableCommander, Redis } from "ioredis";
-import { BackgroundPipelines, closeRedis, execPipeline } from "../../../lib/redis.js";
+import { BackgroundPipelines, FORGET_STALE_FIELDS, closeRedis, execPipeline } from "../../../lib/redis.js";
 import type { Presence, PresenceStore } from "./presence-store.js";
 
 /**
@@ -32,12 +32,7 @@ const SCRIPTS = {
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('HSET', KEYS[1], '${LAST}', ARGV[2]) end
 return 0`,
   /** KEYS[1] user hash; ARGV: field, value pairs: deletes each field still holding that (expired) value. */
-  parleyPresenceForget: `
-local n = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
-end
-return n`,
+  parleyPresenceForget: FORGET_STALE_FIELDS,
 } as const;
 
 type Scripted = { [K in keyof typeof SCRIPTS]: (key: string, ...args: (string | number)[]) => unknown };
