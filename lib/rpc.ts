@@ -4,6 +4,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createClient, createRouterTransport, type Client, type ConnectRouter, type Interceptor, type Transport } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { HealthRegistry, healthRoutes } from "./grpc-health.js";
+import { leanGrpcTransport, recordUnaryRoutes, serveUnary } from "./grpc-unary.js";
 import { reflectionRoutes } from "./grpc-reflection.js";
 import type { Logger } from "./logger.js";
 
@@ -39,14 +40,15 @@ export interface GrpcServer {
 export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServer> {
   const host = opts.host ?? "127.0.0.1";
   const health = new HealthRegistry(opts.services.map((s) => s.typeName));
-  const handler = connectNodeAdapter({
-    routes: (router) => {
-      opts.routes(router);
-      healthRoutes(health)(router);
-      reflectionRoutes(opts.services)(router);
-    },
-    interceptors: opts.interceptors,
+  const lean = recordUnaryRoutes((router) => {
+    opts.routes(router);
+    healthRoutes(health)(router);
+    reflectionRoutes(opts.services)(router);
   });
+  const general = connectNodeAdapter({ routes: lean.routes, interceptors: opts.interceptors });
+  // Interceptors only run on connect's general path, so with interceptors everything goes there.
+  const handler: typeof general =
+    opts.interceptors && opts.interceptors.length > 0 ? general : (req, res) => serveUnary(lean.table, req as http2.Http2ServerRequest, res as http2.Http2ServerResponse) || general(req, res);
   const server = http2.createServer({}, handler);
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
@@ -89,14 +91,18 @@ export interface OwnedTransport extends Transport {
   close(): void;
 }
 
-/** A gRPC client transport over one long-lived HTTP/2 connection to `url`. */
+/**
+ * A gRPC client transport over one long-lived HTTP/2 connection to `url`. Unary calls
+ * take the lean path (lib/grpc-unary.ts) unless there are interceptors.
+ */
 export function dialGrpc(url: string, interceptors?: Interceptor[]): OwnedTransport {
   const sessionManager = new Http2SessionManager(url, {
     pingIntervalMs: 15_000,
     pingTimeoutMs: 5_000,
     idleConnectionTimeoutMs: 60_000,
   });
-  const transport = createGrpcTransport({ baseUrl: url, sessionManager, interceptors });
+  const general = createGrpcTransport({ baseUrl: url, sessionManager, interceptors });
+  const transport = interceptors && interceptors.length > 0 ? general : leanGrpcTransport(sessionManager, general);
   return Object.assign(transport, { close: () => sessionManager.abort() });
 }
 

@@ -7,6 +7,8 @@ export interface GrpcJsCallOptions {
   timeoutMs?: number;
   /** Request metadata (ASCII values). */
   metadata?: Record<string, string>;
+  /** grpc-js channel options, e.g. `{ "grpc.default_compression_algorithm": 2 }` for gzip. */
+  channelOptions?: grpc.ChannelOptions;
 }
 
 /**
@@ -30,7 +32,7 @@ export async function grpcJsUnary<T extends GenServiceMethods, K extends keyof T
   const input = method.input as T[K]["input"];
   const output = method.output as T[K]["output"];
   const target = url.includes("://") ? new URL(url).host : url;
-  const client = new grpc.Client(target, grpc.credentials.createInsecure());
+  const client = new grpc.Client(target, grpc.credentials.createInsecure(), options.channelOptions);
   const metadata = new grpc.Metadata();
   for (const [key, value] of Object.entries(options.metadata ?? {})) metadata.set(key, value);
   try {

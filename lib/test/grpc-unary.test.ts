@@ -1,0 +1,224 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import * as http2 from "node:http2";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { status as grpcStatus } from "@grpc/grpc-js";
+import { NotifyService } from "../../gen/parley/notify/v1/notify_service_pb.js";
+import { parseGrpcTimeout } from "../grpc-unary.js";
+import { createLogger } from "../logger.js";
+import { createClient, dialGrpc, startGrpcServer, type GrpcServer, type Routes } from "../rpc.js";
+import { grpcJsUnary } from "../testing/grpc-js.js";
+
+const logger = createLogger("grpc-unary-test", "silent");
+
+/** What the last notifyOffline call saw of its context. */
+interface Seen {
+  aborted?: Promise<unknown>;
+  timeoutMs?: number;
+  traceHeader?: string | null;
+}
+
+/**
+ * A NotifyService whose behaviour the request's `preview` selects: "fail:<code>:<msg>"
+ * throws a ConnectError, "throw" throws a plain Error, "hang" never answers (until the
+ * call is cancelled), anything else answers queued = number of user ids.
+ */
+function routes(seen: Seen): Routes {
+  return (router) =>
+    router.service(NotifyService, {
+      async notifyOffline(req, ctx) {
+        seen.timeoutMs = ctx.timeoutMs();
+        seen.traceHeader = ctx.requestHeader.get("x-trace");
+        const [verb, code, ...msg] = req.preview.split(":");
+        if (verb === "fail") throw new ConnectError(msg.join(":"), Number(code) as Code);
+        if (verb === "throw") throw new Error("boom");
+        if (verb === "hang") {
+          seen.aborted = new Promise((resolve) => ctx.signal.addEventListener("abort", () => resolve(ctx.signal.reason)));
+          await seen.aborted;
+          throw new ConnectError("gave up", Code.Canceled);
+        }
+        return { queued: req.userIds.length };
+      },
+    });
+}
+
+function codeOf(err: unknown): Code {
+  return ConnectError.from(err).code;
+}
+
+describe("lean unary gRPC (lib/grpc-unary.ts)", { timeout: 30_000 }, () => {
+  const seen: Seen = {};
+  let server: GrpcServer;
+  let transport: ReturnType<typeof dialGrpc>;
+  before(async () => {
+    server = await startGrpcServer({ port: 0, routes: routes(seen), services: [NotifyService], logger });
+    transport = dialGrpc(server.url);
+  });
+  after(async () => {
+    transport.close();
+    await server.close();
+  });
+
+  it("round-trips a call, with headers and the caller's deadline visible to the handler", async () => {
+    const client = createClient(NotifyService, transport);
+    const res = await client.notifyOffline({ userIds: ["a", "b", "c"], seq: 1n << 60n }, { headers: { "x-trace": "t1" }, timeoutMs: 5000 });
+    assert.equal(res.queued, 3);
+    assert.equal(seen.traceHeader, "t1");
+    assert.ok(seen.timeoutMs! > 4000 && seen.timeoutMs! <= 5000, `timeoutMs ${seen.timeoutMs}`);
+    // Many concurrent calls on the one connection.
+    const all = await Promise.all(Array.from({ length: 500 }, (_, i) => client.notifyOffline({ userIds: Array(i % 7).fill("u") })));
+    assert.deepEqual(all.map((r) => r.queued), Array.from({ length: 500 }, (_, i) => i % 7));
+  });
+
+  it("carries error codes and messages (non-ASCII too) both to its own client and to grpc-js", async () => {
+    const client = createClient(NotifyService, transport);
+    for (const [code, msg] of [
+      [Code.NotFound, "no such user"],
+      [Code.FailedPrecondition, "ünïcode: 100% ✓\nnext line"],
+      [Code.ResourceExhausted, ""],
+    ] as const) {
+      await assert.rejects(client.notifyOffline({ preview: `fail:${code}:${msg}` }), (err) => {
+        const ce = ConnectError.from(err);
+        assert.equal(ce.code, code);
+        assert.equal(ce.rawMessage, msg);
+        return true;
+      });
+      await assert.rejects(grpcJsUnary(server.url, NotifyService, "notifyOffline", { preview: `fail:${code}:${msg}` }), (err: { code?: number; details?: string }) => {
+        assert.equal(err.code, code);
+        assert.equal(err.details, msg);
+        return true;
+      });
+    }
+    // A plain exception is Unknown (connect's mapping), and the server stays up.
+    await assert.rejects(client.notifyOffline({ preview: "throw" }), (err) => codeOf(err) === Code.Unknown);
+    assert.equal((await client.notifyOffline({ userIds: ["x"] })).queued, 1);
+  });
+
+  it("turns the caller's deadline into DeadlineExceeded and aborts the handler's signal", async () => {
+    const client = createClient(NotifyService, transport);
+    await assert.rejects(client.notifyOffline({ preview: "hang" }, { timeoutMs: 100 }), (err) => codeOf(err) === Code.DeadlineExceeded);
+    assert.ok(seen.aborted, "the handler ran");
+    await seen.aborted;
+    // grpc-js sends its own grpc-timeout; the server enforces it as well.
+    await assert.rejects(grpcJsUnary(server.url, NotifyService, "notifyOffline", { preview: "hang" }, { timeoutMs: 100 }), (err: { code?: number }) => err.code === grpcStatus.DEADLINE_EXCEEDED);
+  });
+
+  it("cancels on the caller's abort signal: Canceled for the caller, an aborted signal for the handler", async () => {
+    const client = createClient(NotifyService, transport);
+    seen.aborted = undefined;
+    const abort = new AbortController();
+    const call = client.notifyOffline({ preview: "hang" }, { signal: abort.signal });
+    while (!seen.aborted) await new Promise((r) => setImmediate(r));
+    abort.abort();
+    await assert.rejects(call, (err) => codeOf(err) === Code.Canceled);
+    assert.equal(codeOf(await seen.aborted), Code.Canceled);
+  });
+
+  it("leaves compressed requests to connect's general path (grpc-js with gzip still works)", async () => {
+    const res = await grpcJsUnary(server.url, NotifyService, "notifyOffline", { userIds: ["a", "b"], preview: "x".repeat(4096) }, {
+      channelOptions: { "grpc.default_compression_algorithm": 2 },
+    });
+    assert.equal(res.queued, 2);
+  });
+
+  it("rejects a malformed body with a typed error and keeps serving", async () => {
+    const session = http2.connect(server.url);
+    try {
+      const call = (body: Buffer) =>
+        new Promise<{ status?: string; message?: string }>((resolve, reject) => {
+          const req = session.request({ ":method": "POST", ":path": "/parley.notify.v1.NotifyService/NotifyOffline", "content-type": "application/grpc", te: "trailers" });
+          req.on("trailers", (t) => resolve({ status: t["grpc-status"] as string, message: t["grpc-message"] as string }));
+          req.on("error", reject);
+          req.resume();
+          req.end(body);
+        });
+      // A frame whose length does not match the body.
+      assert.equal((await call(Buffer.from([0, 0, 0, 0, 9, 1, 2]))).status, String(Code.Internal));
+      // Not protobuf: field 1 declared as a 100-byte string with 1 byte present.
+      assert.equal((await call(Buffer.from([0, 0, 0, 0, 3, 0x0a, 100, 1]))).status, String(Code.InvalidArgument));
+      // A frame that claims to be over the size limit.
+      const huge = Buffer.from([0, 0x7f, 0xff, 0xff, 0xff]);
+      assert.equal((await call(huge)).status, String(Code.ResourceExhausted));
+    } finally {
+      session.close();
+    }
+    assert.equal((await createClient(NotifyService, transport).notifyOffline({ userIds: ["a"] })).queued, 1);
+  });
+
+  it("parses grpc-timeout in every unit", () => {
+    assert.equal(parseGrpcTimeout("2H"), 7_200_000);
+    assert.equal(parseGrpcTimeout("3M"), 180_000);
+    assert.equal(parseGrpcTimeout("5S"), 5000);
+    assert.equal(parseGrpcTimeout("250m"), 250);
+    assert.equal(parseGrpcTimeout("1500u"), 1.5);
+    assert.equal(parseGrpcTimeout("123456789m"), undefined, "at most 8 digits");
+    assert.equal(parseGrpcTimeout("5s"), undefined);
+    assert.equal(parseGrpcTimeout(undefined), undefined);
+  });
+});
+
+describe("lean unary gRPC when the server is gone", { timeout: 30_000 }, () => {
+  it("fails with Unavailable when the connection drops mid-call, and when nothing listens", async () => {
+    // A server that takes the call and then loses its connection, as a killed process would.
+    const server = http2.createServer();
+    const sockets = new Set<import("node:net").Socket>();
+    server.on("connection", (socket: import("node:net").Socket) => sockets.add(socket));
+    server.on("stream", (stream) => {
+      stream.resume();
+      stream.once("end", () => sockets.forEach((socket) => socket.destroy()));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const transport = dialGrpc(url);
+    try {
+      const client = createClient(NotifyService, transport);
+      await assert.rejects(client.notifyOffline({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await assert.rejects(client.notifyOffline({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
+    } finally {
+      transport.close();
+    }
+  });
+
+  it("reports a call cut by the server's shutdown deadline as Unavailable, and later calls too", async () => {
+    const seen: Seen = {};
+    const server = await startGrpcServer({ port: 0, routes: routes(seen), services: [NotifyService], logger, drainMs: 0 });
+    const transport = dialGrpc(server.url);
+    try {
+      const client = createClient(NotifyService, transport);
+      const call = client.notifyOffline({ preview: "hang" });
+      const failed = assert.rejects(call, (err) => codeOf(err) === Code.Unavailable);
+      while (!seen.aborted) await new Promise((r) => setImmediate(r));
+      await server.close(); // drainMs 0: cuts the hanging call
+      await failed;
+      await assert.rejects(client.notifyOffline({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
+    } finally {
+      transport.close();
+    }
+  });
+});
+
+describe("lean unary gRPC with interceptors", { timeout: 30_000 }, () => {
+  it("sends every call through connect's general path, so interceptors run on both sides", async () => {
+    const serverSaw: string[] = [];
+    const clientSaw: string[] = [];
+    const serverInterceptor: Interceptor = (next) => async (req) => {
+      serverSaw.push(req.method.name);
+      return next(req);
+    };
+    const clientInterceptor: Interceptor = (next) => async (req) => {
+      clientSaw.push(req.method.name);
+      return next(req);
+    };
+    const server = await startGrpcServer({ port: 0, routes: routes({}), services: [NotifyService], logger, interceptors: [serverInterceptor] });
+    const transport = dialGrpc(server.url, [clientInterceptor]);
+    try {
+      assert.equal((await createClient(NotifyService, transport).notifyOffline({ userIds: ["a", "b"] })).queued, 2);
+      assert.deepEqual(serverSaw, ["NotifyOffline"]);
+      assert.deepEqual(clientSaw, ["NotifyOffline"]);
+    } finally {
+      transport.close();
+      await server.close();
+    }
+  });
+});
