@@ -1,5 +1,6 @@
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import type { Discovery, Instance, ServiceKind } from "./discovery/discovery.js";
+import type { Routable } from "./batcher.js";
 import type { OwnedTransport } from "./rpc.js";
 
 /** FNV-1a, 32 bits: a fast, well-spread hash for rendezvous scoring. */
@@ -38,13 +39,14 @@ export function ownerOf(key: string, instances: readonly Instance[]): Instance |
  * that owns it by rendezvous hashing (all of a conversation's traffic meets in one
  * router and one message store while the set of instances is stable; when one comes or
  * goes only its own conversations move), others round-robin. Connections of instances
- * that disappear are closed. No live instance → `Unavailable`.
+ * that disappear are closed. No live instance → `Unavailable`. `route(key)` says which
+ * instance (and connection) owns a key, for callers that batch per instance.
  */
 export function balancedTransport(
   discovery: Discovery,
   kind: ServiceKind,
   dial: (url: string) => OwnedTransport,
-): OwnedTransport {
+): OwnedTransport & Routable {
   const conns = new Map<string, { url: string; transport: OwnedTransport }>();
   let instances: readonly Instance[] = [];
   let next = 0;
@@ -58,8 +60,8 @@ export function balancedTransport(
   };
   refresh();
   const unwatch = discovery.watch(kind, refresh);
-  const pick = (input: unknown): Transport => {
-    const key = (input as { conversationId?: unknown } | undefined)?.conversationId;
+  const pick = (input: unknown): Transport => route((input as { conversationId?: unknown } | undefined)?.conversationId).transport;
+  const route = (key: unknown): { id: string; transport: Transport } => {
     const inst =
       typeof key === "string" && key !== ""
         ? ownerOf(key, instances)
@@ -69,9 +71,10 @@ export function balancedTransport(
     if (!inst) throw new ConnectError(`no live ${kind} instance`, Code.Unavailable);
     let c = conns.get(inst.id);
     if (!c) conns.set(inst.id, (c = { url: inst.url, transport: dial(inst.url) }));
-    return c.transport;
+    return { id: inst.id, transport: c.transport };
   };
   return {
+    route,
     unary: (method, signal, timeoutMs, header, input, contextValues) =>
       pick(input).unary(method, signal, timeoutMs, header, input, contextValues),
     stream: (method, signal, timeoutMs, header, input, contextValues) =>

@@ -1,11 +1,13 @@
-import { createClient, type Client } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { AuthService } from "../../gen/parley/client/v1/auth_service_pb.js";
 import { ChatService } from "../../gen/parley/client/v1/chat_service_pb.js";
 import { DeliveryService } from "../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { MessageStoreService } from "../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { PresenceService } from "../../gen/parley/presence/v1/presence_service_pb.js";
-import { RouterService } from "../../gen/parley/router/v1/router_service_pb.js";
+import { RouterService, type SendRequestSchema, type SendResponse } from "../../gen/parley/router/v1/router_service_pb.js";
+import { ShardedBatcher } from "../../lib/batcher.js";
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
@@ -16,7 +18,7 @@ import type { Discovery, Registrar, Registration } from "../../lib/discovery/dis
 import { peer } from "../../lib/process-discovery.js";
 import { startGrpcServer, type GrpcServer, type OwnedTransport, type Routes } from "../../lib/rpc.js";
 import type { GatewayConfig } from "./config.js";
-import { GatewayCore } from "./core/gateway-core.js";
+import { GatewayCore, type RouterSend } from "./core/gateway-core.js";
 import { authService } from "./public-api/auth-service.js";
 import { chatService } from "./public-api/chat-service.js";
 import { startPublicServer, type PublicServer } from "./uws/server.js";
@@ -72,7 +74,7 @@ export class Gateway {
     const ownRegistry = o.registry ? undefined : registry;
     const core = new GatewayCore(cfg, {
       session,
-      router: createClient(RouterService, t.router),
+      send: batchedRouterSend(t.router),
       presence: createClient(PresenceService, t.presence),
       registry,
       clock: o.clock ?? Date.now,
@@ -147,3 +149,19 @@ export function deliveryRoutes(core: GatewayCore): Routes {
 }
 
 export type { Client };
+
+/**
+ * Sends to the router that owns each conversation, batched: one SendBatch in flight per
+ * router instance, the sends received meanwhile (from every connection) in the next.
+ */
+export function batchedRouterSend(router: Transport): RouterSend {
+  const batcher = new ShardedBatcher<MessageInitShape<typeof SendRequestSchema>, SendResponse>(
+    router,
+    (s) => s.conversationId ?? "",
+    (t) => {
+      const client = createClient(RouterService, t);
+      return async (sends) => (await client.sendBatch({ sends })).results.map((r) => r.result);
+    },
+  );
+  return (req) => batcher.submit(req);
+}

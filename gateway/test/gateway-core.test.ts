@@ -189,7 +189,7 @@ function harness(env: Record<string, string> = {}, registryOverride?: Connection
   );
   const core = new GatewayCore(cfg, {
     session,
-    router,
+    send: (req) => router.send(req),
     presence,
     registry: registryOverride ?? registry,
     clock: () => clock.now,

@@ -45,8 +45,8 @@ export interface ClusterOptions {
   namespace?: string;
   logLevel?: string;
   extraEnv?: Record<string, string>;
-  /** Extra node flags for every process (e.g. --cpu-prof). */
-  nodeArgs?: string[];
+  /** Extra node flags for every process, or per kind (e.g. --cpu-prof for the routers). */
+  nodeArgs?: string[] | ((kind: ServiceKind) => string[]);
   /** Each process's output lines, for logs. */
   onLine?: (proc: string, line: string) => void;
 }
@@ -149,7 +149,8 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
       penv.PARLEY_GATEWAY_ID = id;
       penv.PARLEY_GATEWAY_PORT = String(o.gatewayBasePort ? o.gatewayBasePort + index : 0);
     }
-    const p = new ClusterProcess(id, kind, penv, o.onLine, o.nodeArgs);
+    const nodeArgs = typeof o.nodeArgs === "function" ? o.nodeArgs(kind) : o.nodeArgs;
+    const p = new ClusterProcess(id, kind, penv, o.onLine, nodeArgs);
     processes.push(p);
     await waitRegistered(discovery, kind, id, p);
     return p;

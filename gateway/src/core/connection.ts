@@ -31,12 +31,6 @@ export class Connection {
   tokens: number;
   refilledAtMs: number;
   inFlightSends = 0;
-  /**
-   * Per conversation, the last send of this connection still in flight: the next one
-   * waits for it, so a device's messages to a conversation are sequenced in the order
-   * it sent them. Created only while sends are in flight.
-   */
-  sendTails: Map<string, Promise<void>> | undefined;
 
   constructor(
     readonly principal: Principal,

@@ -1,9 +1,9 @@
-import { fromBinary } from "@bufbuild/protobuf";
+import { fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { ErrorCode, ServerFrameSchema, type ClientFrame, type SendMessage } from "../../../gen/parley/client/v1/frames_pb.js";
 import type { DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { PresenceService } from "../../../gen/parley/presence/v1/presence_service_pb.js";
-import type { RouterService } from "../../../gen/parley/router/v1/router_service_pb.js";
+import type { SendRequestSchema, SendResponse } from "../../../gen/parley/router/v1/router_service_pb.js";
 import type { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry, DeviceEntry } from "../../../lib/registry/connection-registry.js";
@@ -15,9 +15,17 @@ import { CloseCode, type Encoding } from "./protocol.js";
 
 export const MAX_BODY_CHARS = 4000;
 
+/** A send handed to the router (lib/batcher.ts batches them per router instance). */
+export type RouterSend = (req: MessageInitShape<typeof SendRequestSchema>) => Promise<SendResponse>;
+
 export interface GatewayDeps {
   session: Client<typeof SessionService>;
-  router: Client<typeof RouterService>;
+  /**
+   * Sends to the router. Calls made in some order must be stored in that order (a
+   * batcher with one batch in flight per router keeps it), so a device's messages keep
+   * their order without the gateway waiting for each ack.
+   */
+  send: RouterSend;
   presence: Client<typeof PresenceService> | undefined;
   registry: ConnectionRegistry;
   clock: () => number;
@@ -163,14 +171,8 @@ export class GatewayCore {
       return;
     }
     conn.inFlightSends++;
-    const tails = (conn.sendTails ??= new Map());
-    const previous = tails.get(s.conversationId);
-    let done!: () => void;
-    const tail = new Promise<void>((resolve) => (done = resolve));
-    tails.set(s.conversationId, tail);
     try {
-      if (previous) await previous;
-      const ack = await this.deps.router.send({
+      const ack = await this.deps.send({
         senderId: conn.principal.userId,
         senderDeviceId: conn.principal.deviceId,
         conversationId: s.conversationId,
@@ -201,9 +203,6 @@ export class GatewayCore {
       this.reply(conn, errorFrame(code, ce.rawMessage, ref, s.clientMsgId));
     } finally {
       conn.inFlightSends--;
-      done();
-      if (tails.get(s.conversationId) === tail) tails.delete(s.conversationId);
-      if (tails.size === 0) conn.sendTails = undefined;
     }
   }
 

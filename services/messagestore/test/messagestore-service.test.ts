@@ -65,6 +65,28 @@ describe("MessageStoreService", () => {
     assert.equal(second.message!.seq, 2n);
   });
 
+  it("AppendBatch sequences each conversation's appends in the order given, answers each, dedupes resends", async () => {
+    const [a, b] = [randomUuid(), randomUuid()];
+    const appends = Array.from({ length: 30 }, (_, i) => appendRequest(i % 3 ? a : b, `m${i}`));
+    const resend = { ...appends[4]! };
+    const { results } = await client.appendBatch({ appends: [...appends, appendRequest("not-a-uuid"), resend, appendRequest(a, "")] });
+    assert.equal(results.length, 33);
+    const ok = results.slice(0, 30).map((r) => {
+      assert.equal(r.result.case, "ok");
+      return r.result.value as { message: { conversationId: string; seq: bigint; body: string } };
+    });
+    const seqsOf = (c: string) => ok.filter((r) => r.message.conversationId === c).map((r) => Number(r.message.seq));
+    assert.deepEqual(seqsOf(a), Array.from({ length: 20 }, (_, i) => i + 1));
+    assert.deepEqual(seqsOf(b), Array.from({ length: 10 }, (_, i) => i + 1));
+    assert.deepEqual(results[30]!.result.case === "error" && results[30]!.result.value.code, Code.InvalidArgument);
+    const dup = results[31]!.result;
+    assert.ok(dup.case === "ok" && dup.value.duplicate && dup.value.message!.seq === ok[4]!.message.seq);
+    assert.deepEqual(results[32]!.result.case === "error" && results[32]!.result.value.code, Code.InvalidArgument);
+    const history = await client.getHistory({ conversationId: a, limit: 200 });
+    assert.deepEqual(history.messages.map((m) => m.body).reverse(), appends.filter((x) => x.conversationId === a).map((x) => x.body));
+    await rejectsWith(client.appendBatch({ appends: Array.from({ length: 1025 }, () => appendRequest()) }), Code.InvalidArgument);
+  });
+
   it("returns history newest first, paged by before_seq, 50 by default", async () => {
     const c = randomUuid();
     const sent = await Promise.all(Array.from({ length: 60 }, (_, i) => client.append(appendRequest(c, `m${i}`))));

@@ -1,7 +1,13 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
-import { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import {
+  MessageStoreService,
+  type AppendRequestSchema,
+  type AppendResponse,
+} from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import { ShardedBatcher } from "../../../lib/batcher.js";
 import { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import type { Discovery } from "../../../lib/discovery/discovery.js";
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
@@ -32,7 +38,8 @@ export interface RouterOverrides {
 export class RouterContext {
   private readonly gatewayClients = new Map<string, { url: string; transport: OwnedTransport; client: Client<typeof DeliveryService> }>();
 
-  readonly messagestore: Client<typeof MessageStoreService>;
+  /** Appends to the message store, batched per store instance (one batch in flight each). */
+  readonly appends: ShardedBatcher<MessageInitShape<typeof AppendRequestSchema>, AppendResponse>;
   readonly membership: MembershipCache;
   readonly fanOut: FanOut;
 
@@ -48,7 +55,14 @@ export class RouterContext {
     private readonly ownsRegistry: boolean,
   ) {
     const [groups, messagestore, notify] = transports as [OwnedTransport, OwnedTransport, OwnedTransport];
-    this.messagestore = createClient(MessageStoreService, messagestore);
+    this.appends = new ShardedBatcher(
+      messagestore,
+      (a) => a.conversationId ?? "",
+      (t) => {
+        const client = createClient(MessageStoreService, t);
+        return async (appends) => (await client.appendBatch({ appends })).results.map((r) => r.result);
+      },
+    );
     this.membership = new MembershipCache(createClient(GroupsService, groups), {
       maxEntries: cfg.membershipCacheEntries,
       groupTtlMs: cfg.groupMembershipTtlMs,

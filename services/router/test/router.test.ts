@@ -7,13 +7,14 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
 import { DeliveryService, type DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { ConversationKind, GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
-import { MessageSchema, MessageStoreService, type AppendRequest, type Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import { AppendResponseSchema, MessageSchema, MessageStoreService, type AppendRequest, type Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { NotifyService, type NotifyOfflineRequest } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import { RouterService } from "../../../gen/parley/router/v1/router_service_pb.js";
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
 import { createLogger } from "../../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
 import { inProcess } from "../../../lib/rpc.js";
+import { settleEach } from "../../../lib/batcher.js";
 import { loadConfig } from "../src/config.js";
 import { RouterContext } from "../src/context.js";
 import { MembershipCache } from "../src/membership-cache.js";
@@ -103,6 +104,8 @@ interface Harness {
   groupsGate: { next: Promise<void> | undefined };
   conversations: Map<string, { kind: ConversationKind; memberIds: string[] } | "unavailable">;
   appends: AppendRequest[];
+  /** Sizes of the AppendBatch calls the router made. */
+  appendBatches: number[];
   notified: NotifyOfflineRequest[];
   clock: { now: number };
 }
@@ -122,6 +125,7 @@ async function harness(): Promise<Harness> {
   const groupsGate: Harness["groupsGate"] = { next: undefined };
   const conversations: Harness["conversations"] = new Map();
   const appends: AppendRequest[] = [];
+  const appendBatches: number[] = [];
   const stored = new Map<string, Message>();
   const seqs = new Map<string, number>();
   const notified: NotifyOfflineRequest[] = [];
@@ -150,30 +154,35 @@ async function harness(): Promise<Harness> {
         },
       }),
     ),
-    messagestore: inProcess((r) =>
+    messagestore: inProcess((r) => {
+      const append = (req: AppendRequest) => {
+        appends.push(req);
+        const key = `${req.conversationId}/${req.senderId}/${req.clientMsgId}`;
+        const old = stored.get(key);
+        if (old) return { message: old, duplicate: true };
+        const seq = (seqs.get(req.conversationId) ?? 0) + 1;
+        seqs.set(req.conversationId, seq);
+        const message = create(MessageSchema, {
+          conversationId: req.conversationId,
+          senderId: req.senderId,
+          senderDeviceId: req.senderDeviceId,
+          clientMsgId: req.clientMsgId,
+          body: req.body,
+          seq: BigInt(seq),
+          messageId: randomUUID(),
+          sentAt: timestampFromMs(clock.now),
+        });
+        stored.set(key, message);
+        return { message, duplicate: false };
+      };
       r.service(MessageStoreService, {
-        append: (req) => {
-          appends.push(req);
-          const key = `${req.conversationId}/${req.senderId}/${req.clientMsgId}`;
-          const old = stored.get(key);
-          if (old) return { message: old, duplicate: true };
-          const seq = (seqs.get(req.conversationId) ?? 0) + 1;
-          seqs.set(req.conversationId, seq);
-          const message = create(MessageSchema, {
-            conversationId: req.conversationId,
-            senderId: req.senderId,
-            senderDeviceId: req.senderDeviceId,
-            clientMsgId: req.clientMsgId,
-            body: req.body,
-            seq: BigInt(seq),
-            messageId: randomUUID(),
-            sentAt: timestampFromMs(clock.now),
-          });
-          stored.set(key, message);
-          return { message, duplicate: false };
+        append: (req) => append(req),
+        appendBatch: async (req) => {
+          appendBatches.push(req.appends.length);
+          return { results: await settleEach(req.appends, async (a) => create(AppendResponseSchema, append(a))) };
         },
-      }),
-    ),
+      });
+    }),
     notify: inProcess((r) =>
       r.service(NotifyService, {
         notifyOffline: (req) => {
@@ -184,7 +193,7 @@ async function harness(): Promise<Harness> {
     ),
   });
   const router = createClient(RouterService, inProcess(routerRoutes(ctx)));
-  return { ctx, router, registry, gateways, dialed, groupsCalls, groupsGate, conversations, appends, notified, clock };
+  return { ctx, router, registry, gateways, dialed, groupsCalls, groupsGate, conversations, appends, appendBatches, notified, clock };
 }
 
 const gw = (h: Harness, id: string) => h.gateways.get(id)!;
@@ -428,6 +437,78 @@ describe("router: send and fan-out", () => {
     await rejectsWith(send(h, c, randomUUID(), "x", { clientMsgId: "nope" }), Code.InvalidArgument);
     assert.equal(h.groupsCalls.length, 0);
     assert.equal(h.appends.length, 0);
+  });
+
+  it("SendBatch answers each send on its own: stored ones acked, bad and foreign ones refused, nothing else affected", async () => {
+    const [alice, bob, mallory] = [randomUUID(), randomUUID(), randomUUID()];
+    const c = group(h, [alice!, bob!]);
+    const downId = randomUUID();
+    h.conversations.set(downId, "unavailable");
+    const item = (conversationId: string, senderId: string, body: string) => ({
+      conversationId,
+      senderId,
+      senderDeviceId: randomUUID(),
+      clientMsgId: randomUUID(),
+      body,
+    });
+    const { results } = await h.router.sendBatch({
+      sends: [
+        item(c, alice!, "one"),
+        item(c, "not-a-uuid", "bad sender"),
+        item(c, mallory!, "not a member"),
+        item(randomUUID(), alice!, "unknown conversation"),
+        item(downId, alice!, "groups down"),
+        item(c, bob!, "two"),
+        item(c, alice!, ""),
+      ],
+    });
+    const outcome = (i: number) => {
+      const r = results[i]!.result;
+      return r.case === "ok" ? `seq ${r.value.seq}` : r.case === "error" ? `code ${r.value.code}` : "none";
+    };
+    assert.deepEqual(results.map((_, i) => outcome(i)), [
+      "seq 1",
+      `code ${Code.InvalidArgument}`,
+      `code ${Code.PermissionDenied}`,
+      `code ${Code.PermissionDenied}`,
+      `code ${Code.Unavailable}`,
+      "seq 2",
+      `code ${Code.InvalidArgument}`,
+    ]);
+    assert.deepEqual(h.appends.map((a) => a.body), ["one", "two"]);
+    await h.ctx.fanOut.idle();
+    assert.equal(h.ctx.fanOut.stats.messages, 2);
+  });
+
+  it("SendBatch stores one conversation's sends in the order given, in one AppendBatch", async () => {
+    const sender = randomUUID();
+    const c = group(h, [sender, randomUUID()]);
+    const other = group(h, [sender, randomUUID()]);
+    const sends = Array.from({ length: 100 }, (_, i) => ({
+      conversationId: i % 3 === 0 ? other : c,
+      senderId: sender,
+      senderDeviceId: randomUUID(),
+      clientMsgId: randomUUID(),
+      body: `m${i}`,
+    }));
+    const { results } = await h.router.sendBatch({ sends });
+    const seqsOf = (conversationId: string) =>
+      results.flatMap((r, i) => (sends[i]!.conversationId === conversationId && r.result.case === "ok" ? [Number(r.result.value.seq)] : []));
+    assert.deepEqual(seqsOf(c), Array.from({ length: 66 }, (_, i) => i + 1));
+    assert.deepEqual(seqsOf(other), Array.from({ length: 34 }, (_, i) => i + 1));
+    assert.deepEqual(h.appendBatches, [100]);
+    await rejectsWith(h.router.sendBatch({ sends: Array.from({ length: 1025 }, () => sends[0]!) }), Code.InvalidArgument);
+  });
+
+  it("concurrent Sends share AppendBatch calls: one in flight, the rest in the next", async () => {
+    const sender = randomUUID();
+    const c = group(h, [sender, randomUUID()]);
+    await send(h, c, sender, "warm the membership cache");
+    h.appendBatches.length = 0;
+    const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => send(h, c, sender, `m${i}`)));
+    assert.equal(new Set(acks.map((a) => a.seq)).size, 50);
+    assert.equal(h.appendBatches.reduce((a, b) => a + b, 0), 50);
+    assert.ok(h.appendBatches.length <= 2, `AppendBatch calls: ${h.appendBatches.join(",")}`);
   });
 });
 

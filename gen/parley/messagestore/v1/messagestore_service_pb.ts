@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ItemError } from "../../common/v1/batch_pb.js";
+import { file_parley_common_v1_batch } from "../../common/v1/batch_pb.js";
 import type { Message as Message$1 } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/messagestore/v1/messagestore_service.proto.
  */
 export const file_parley_messagestore_v1_messagestore_service: GenFile = /*@__PURE__*/
-  fileDesc("CjFwYXJsZXkvbWVzc2FnZXN0b3JlL3YxL21lc3NhZ2VzdG9yZV9zZXJ2aWNlLnByb3RvEhZwYXJsZXkubWVzc2FnZXN0b3JlLnYxIsIBCgdNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiegoNQXBwZW5kUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIlUKDkFwcGVuZFJlc3BvbnNlEjAKB21lc3NhZ2UYASABKAsyHy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIk8KEUdldEhpc3RvcnlSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNIkcKEkdldEhpc3RvcnlSZXNwb25zZRIxCghtZXNzYWdlcxgBIAMoCzIfLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuTWVzc2FnZSIrCg9HZXRIZWFkc1JlcXVlc3QSGAoQY29udmVyc2F0aW9uX2lkcxgBIAMoCSJjCgRIZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCghsYXN0X3NlcRgCIAEoBBIwCgxsYXN0X3NlbnRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEEdldEhlYWRzUmVzcG9uc2USKwoFaGVhZHMYASADKAsyHC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkhlYWQysgIKE01lc3NhZ2VTdG9yZVNlcnZpY2USVwoGQXBwZW5kEiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0GiYucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXNwb25zZRJjCgpHZXRIaXN0b3J5EikucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIaXN0b3J5UmVxdWVzdBoqLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGlzdG9yeVJlc3BvbnNlEl0KCEdldEhlYWRzEicucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIZWFkc1JlcXVlc3QaKC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhlYWRzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CjFwYXJsZXkvbWVzc2FnZXN0b3JlL3YxL21lc3NhZ2VzdG9yZV9zZXJ2aWNlLnByb3RvEhZwYXJsZXkubWVzc2FnZXN0b3JlLnYxIsIBCgdNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiegoNQXBwZW5kUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIlUKDkFwcGVuZFJlc3BvbnNlEjAKB21lc3NhZ2UYASABKAsyHy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIkwKEkFwcGVuZEJhdGNoUmVxdWVzdBI2CgdhcHBlbmRzGAEgAygLMiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0IkwKE0FwcGVuZEJhdGNoUmVzcG9uc2USNQoHcmVzdWx0cxgBIAMoCzIkLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVzdWx0InwKDEFwcGVuZFJlc3VsdBI0CgJvaxgBIAEoCzImLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVzcG9uc2VIABIsCgVlcnJvchgCIAEoCzIbLnBhcmxleS5jb21tb24udjEuSXRlbUVycm9ySABCCAoGcmVzdWx0Ik8KEUdldEhpc3RvcnlSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNIkcKEkdldEhpc3RvcnlSZXNwb25zZRIxCghtZXNzYWdlcxgBIAMoCzIfLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuTWVzc2FnZSIrCg9HZXRIZWFkc1JlcXVlc3QSGAoQY29udmVyc2F0aW9uX2lkcxgBIAMoCSJjCgRIZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCghsYXN0X3NlcRgCIAEoBBIwCgxsYXN0X3NlbnRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEEdldEhlYWRzUmVzcG9uc2USKwoFaGVhZHMYASADKAsyHC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkhlYWQymgMKE01lc3NhZ2VTdG9yZVNlcnZpY2USVwoGQXBwZW5kEiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0GiYucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXNwb25zZRJmCgtBcHBlbmRCYXRjaBIqLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kQmF0Y2hSZXF1ZXN0GisucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRCYXRjaFJlc3BvbnNlEmMKCkdldEhpc3RvcnkSKS5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhpc3RvcnlSZXF1ZXN0GioucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIaXN0b3J5UmVzcG9uc2USXQoIR2V0SGVhZHMSJy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhlYWRzUmVxdWVzdBooLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGVhZHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
 
 /**
  * @generated from message parley.messagestore.v1.Message
@@ -128,6 +130,69 @@ export const AppendResponseSchema: GenMessage<AppendResponse> = /*@__PURE__*/
   messageDesc(file_parley_messagestore_v1_messagestore_service, 2);
 
 /**
+ * @generated from message parley.messagestore.v1.AppendBatchRequest
+ */
+export type AppendBatchRequest = Message$1<"parley.messagestore.v1.AppendBatchRequest"> & {
+  /**
+   * @generated from field: repeated parley.messagestore.v1.AppendRequest appends = 1;
+   */
+  appends: AppendRequest[];
+};
+
+/**
+ * Describes the message parley.messagestore.v1.AppendBatchRequest.
+ * Use `create(AppendBatchRequestSchema)` to create a new message.
+ */
+export const AppendBatchRequestSchema: GenMessage<AppendBatchRequest> = /*@__PURE__*/
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 3);
+
+/**
+ * @generated from message parley.messagestore.v1.AppendBatchResponse
+ */
+export type AppendBatchResponse = Message$1<"parley.messagestore.v1.AppendBatchResponse"> & {
+  /**
+   * @generated from field: repeated parley.messagestore.v1.AppendResult results = 1;
+   */
+  results: AppendResult[];
+};
+
+/**
+ * Describes the message parley.messagestore.v1.AppendBatchResponse.
+ * Use `create(AppendBatchResponseSchema)` to create a new message.
+ */
+export const AppendBatchResponseSchema: GenMessage<AppendBatchResponse> = /*@__PURE__*/
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 4);
+
+/**
+ * @generated from message parley.messagestore.v1.AppendResult
+ */
+export type AppendResult = Message$1<"parley.messagestore.v1.AppendResult"> & {
+  /**
+   * @generated from oneof parley.messagestore.v1.AppendResult.result
+   */
+  result: {
+    /**
+     * @generated from field: parley.messagestore.v1.AppendResponse ok = 1;
+     */
+    value: AppendResponse;
+    case: "ok";
+  } | {
+    /**
+     * @generated from field: parley.common.v1.ItemError error = 2;
+     */
+    value: ItemError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message parley.messagestore.v1.AppendResult.
+ * Use `create(AppendResultSchema)` to create a new message.
+ */
+export const AppendResultSchema: GenMessage<AppendResult> = /*@__PURE__*/
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 5);
+
+/**
  * @generated from message parley.messagestore.v1.GetHistoryRequest
  */
 export type GetHistoryRequest = Message$1<"parley.messagestore.v1.GetHistoryRequest"> & {
@@ -152,7 +217,7 @@ export type GetHistoryRequest = Message$1<"parley.messagestore.v1.GetHistoryRequ
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messagestore_v1_messagestore_service, 3);
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 6);
 
 /**
  * @generated from message parley.messagestore.v1.GetHistoryResponse
@@ -169,7 +234,7 @@ export type GetHistoryResponse = Message$1<"parley.messagestore.v1.GetHistoryRes
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messagestore_v1_messagestore_service, 4);
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 7);
 
 /**
  * @generated from message parley.messagestore.v1.GetHeadsRequest
@@ -186,7 +251,7 @@ export type GetHeadsRequest = Message$1<"parley.messagestore.v1.GetHeadsRequest"
  * Use `create(GetHeadsRequestSchema)` to create a new message.
  */
 export const GetHeadsRequestSchema: GenMessage<GetHeadsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_messagestore_v1_messagestore_service, 5);
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 8);
 
 /**
  * @generated from message parley.messagestore.v1.Head
@@ -215,7 +280,7 @@ export type Head = Message$1<"parley.messagestore.v1.Head"> & {
  * Use `create(HeadSchema)` to create a new message.
  */
 export const HeadSchema: GenMessage<Head> = /*@__PURE__*/
-  messageDesc(file_parley_messagestore_v1_messagestore_service, 6);
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 9);
 
 /**
  * @generated from message parley.messagestore.v1.GetHeadsResponse
@@ -232,7 +297,7 @@ export type GetHeadsResponse = Message$1<"parley.messagestore.v1.GetHeadsRespons
  * Use `create(GetHeadsResponseSchema)` to create a new message.
  */
 export const GetHeadsResponseSchema: GenMessage<GetHeadsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_messagestore_v1_messagestore_service, 7);
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 10);
 
 /**
  * Per-conversation sequence numbers and message history. Messages are keyed by
@@ -251,6 +316,17 @@ export const MessageStoreService: GenService<{
     methodKind: "unary";
     input: typeof AppendRequestSchema;
     output: typeof AppendResponseSchema;
+  },
+  /**
+   * Many appends in one call (routers batch them). Result i answers append i; appends
+   * of one conversation get sequence numbers in the order given.
+   *
+   * @generated from rpc parley.messagestore.v1.MessageStoreService.AppendBatch
+   */
+  appendBatch: {
+    methodKind: "unary";
+    input: typeof AppendBatchRequestSchema;
+    output: typeof AppendBatchResponseSchema;
   },
   /**
    * Messages with seq < before_seq (or the newest when 0), newest first.

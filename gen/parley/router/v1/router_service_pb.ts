@@ -6,13 +6,78 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ItemError } from "../../common/v1/batch_pb.js";
+import { file_parley_common_v1_batch } from "../../common/v1/batch_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/router/v1/router_service.proto.
  */
 export const file_parley_router_v1_router_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIngKC1NlbmRSZXF1ZXN0EhEKCXNlbmRlcl9pZBgBIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJEgwKBGJvZHkYBSABKAkiiAEKDFNlbmRSZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhIKCm1lc3NhZ2VfaWQYAyABKAkSKwoHc2VudF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZHVwbGljYXRlGAUgASgIMlYKDVJvdXRlclNlcnZpY2USRQoEU2VuZBIdLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlcXVlc3QaHi5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIkAKEFNlbmRCYXRjaFJlcXVlc3QSLAoFc2VuZHMYASADKAsyHS5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXF1ZXN0IkIKEVNlbmRCYXRjaFJlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXN1bHQicgoKU2VuZFJlc3VsdBIsCgJvaxgBIAEoCzIeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJ4CgtTZW5kUmVxdWVzdBIRCglzZW5kZXJfaWQYASABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIogBCgxTZW5kUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEisKB3NlbnRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWR1cGxpY2F0ZRgFIAEoCDKsAQoNUm91dGVyU2VydmljZRJFCgRTZW5kEh0ucGFybGV5LnJvdXRlci52MS5TZW5kUmVxdWVzdBoeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlElQKCVNlbmRCYXRjaBIiLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVxdWVzdBojLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+
+/**
+ * @generated from message parley.router.v1.SendBatchRequest
+ */
+export type SendBatchRequest = Message<"parley.router.v1.SendBatchRequest"> & {
+  /**
+   * @generated from field: repeated parley.router.v1.SendRequest sends = 1;
+   */
+  sends: SendRequest[];
+};
+
+/**
+ * Describes the message parley.router.v1.SendBatchRequest.
+ * Use `create(SendBatchRequestSchema)` to create a new message.
+ */
+export const SendBatchRequestSchema: GenMessage<SendBatchRequest> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 0);
+
+/**
+ * @generated from message parley.router.v1.SendBatchResponse
+ */
+export type SendBatchResponse = Message<"parley.router.v1.SendBatchResponse"> & {
+  /**
+   * @generated from field: repeated parley.router.v1.SendResult results = 1;
+   */
+  results: SendResult[];
+};
+
+/**
+ * Describes the message parley.router.v1.SendBatchResponse.
+ * Use `create(SendBatchResponseSchema)` to create a new message.
+ */
+export const SendBatchResponseSchema: GenMessage<SendBatchResponse> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 1);
+
+/**
+ * @generated from message parley.router.v1.SendResult
+ */
+export type SendResult = Message<"parley.router.v1.SendResult"> & {
+  /**
+   * @generated from oneof parley.router.v1.SendResult.result
+   */
+  result: {
+    /**
+     * @generated from field: parley.router.v1.SendResponse ok = 1;
+     */
+    value: SendResponse;
+    case: "ok";
+  } | {
+    /**
+     * @generated from field: parley.common.v1.ItemError error = 2;
+     */
+    value: ItemError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message parley.router.v1.SendResult.
+ * Use `create(SendResultSchema)` to create a new message.
+ */
+export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 2);
 
 /**
  * @generated from message parley.router.v1.SendRequest
@@ -49,7 +114,7 @@ export type SendRequest = Message<"parley.router.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 0);
+  messageDesc(file_parley_router_v1_router_service, 3);
 
 /**
  * @generated from message parley.router.v1.SendResponse
@@ -86,7 +151,7 @@ export type SendResponse = Message<"parley.router.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 1);
+  messageDesc(file_parley_router_v1_router_service, 4);
 
 /**
  * Accepts messages from gateways, has them stored, then fans them out to the
@@ -104,6 +169,18 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof SendRequestSchema;
     output: typeof SendResponseSchema;
+  },
+  /**
+   * Many sends in one call: gateways batch the sends of all their clients. Result i
+   * answers send i. Sends of one conversation are stored in the order given, so a
+   * caller that keeps one batch in flight keeps each device's order.
+   *
+   * @generated from rpc parley.router.v1.RouterService.SendBatch
+   */
+  sendBatch: {
+    methodKind: "unary";
+    input: typeof SendBatchRequestSchema;
+    output: typeof SendBatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_router_v1_router_service, 0);

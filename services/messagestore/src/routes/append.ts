@@ -1,9 +1,14 @@
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  AppendBatchResponseSchema,
   AppendResponseSchema,
+  type AppendBatchRequest,
+  type AppendBatchResponse,
   type AppendRequest,
   type AppendResponse,
 } from "../../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import { settleEach } from "../../../../lib/batcher.js";
 import { requireText, requireUuid } from "../../../../lib/validate.js";
 import type { MessageStoreContext } from "../context.js";
 import { toConnectError } from "./errors.js";
@@ -12,21 +17,40 @@ import { toProtoMessage } from "./message.js";
 /** Most characters (code points) of a message body. */
 export const MAX_BODY_CHARS = 4000;
 
+/**
+ * Validates and stores one append. The sequencer queues it before this returns (no
+ * await comes first), so appends started in some order get their seqs in that order.
+ */
+async function appendOne(ctx: MessageStoreContext, req: AppendRequest): Promise<AppendResponse> {
+  const input = {
+    conversationId: requireUuid("conversation_id", req.conversationId),
+    senderId: requireUuid("sender_id", req.senderId),
+    senderDeviceId: requireUuid("sender_device_id", req.senderDeviceId),
+    clientMsgId: requireUuid("client_msg_id", req.clientMsgId),
+    body: requireText("body", req.body, 1, MAX_BODY_CHARS),
+  };
+  try {
+    const { message, duplicate } = await ctx.sequencer.append(input);
+    return create(AppendResponseSchema, { message: toProtoMessage(message), duplicate });
+  } catch (err) {
+    throw toConnectError(err, ctx.logger);
+  }
+}
+
 /** Authorization (is the sender a member?) is the router's job, not the message store's. */
 export function append(ctx: MessageStoreContext) {
-  return async (req: AppendRequest): Promise<AppendResponse> => {
-    const input = {
-      conversationId: requireUuid("conversation_id", req.conversationId),
-      senderId: requireUuid("sender_id", req.senderId),
-      senderDeviceId: requireUuid("sender_device_id", req.senderDeviceId),
-      clientMsgId: requireUuid("client_msg_id", req.clientMsgId),
-      body: requireText("body", req.body, 1, MAX_BODY_CHARS),
-    };
-    try {
-      const { message, duplicate } = await ctx.sequencer.append(input);
-      return create(AppendResponseSchema, { message: toProtoMessage(message), duplicate });
-    } catch (err) {
-      throw toConnectError(err, ctx.logger);
+  return (req: AppendRequest): Promise<AppendResponse> => appendOne(ctx, req);
+}
+
+/** Most appends in one AppendBatch call. */
+export const MAX_APPEND_BATCH = 1024;
+
+/** Every append of the batch, each with its own outcome; one conversation's in the order given. */
+export function appendBatch(ctx: MessageStoreContext) {
+  return async (req: AppendBatchRequest): Promise<AppendBatchResponse> => {
+    if (req.appends.length > MAX_APPEND_BATCH) {
+      throw new ConnectError(`at most ${MAX_APPEND_BATCH} appends per batch`, Code.InvalidArgument);
     }
+    return create(AppendBatchResponseSchema, { results: await settleEach(req.appends, (a) => appendOne(ctx, a)) });
   };
 }

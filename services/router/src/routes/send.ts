@@ -1,43 +1,105 @@
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { SendRequest } from "../../../../gen/parley/router/v1/router_service_pb.js";
+import {
+  SendBatchResponseSchema,
+  SendResponseSchema,
+  type SendBatchRequest,
+  type SendBatchResponse,
+  type SendRequest,
+  type SendResponse,
+} from "../../../../gen/parley/router/v1/router_service_pb.js";
+import { itemError } from "../../../../lib/batcher.js";
 import { requireText, requireUuid } from "../../../../lib/validate.js";
 import type { RouterContext } from "../context.js";
+import type { Membership } from "../membership-cache.js";
 
 export const MAX_BODY_CHARS = 4000;
+/** Most sends in one SendBatch call. */
+export const MAX_SEND_BATCH = 1024;
+
+function validate(req: SendRequest): void {
+  requireUuid("sender_id", req.senderId);
+  requireUuid("sender_device_id", req.senderDeviceId);
+  requireUuid("conversation_id", req.conversationId);
+  requireUuid("client_msg_id", req.clientMsgId);
+  requireText("body", req.body, 1, MAX_BODY_CHARS);
+}
 
 /**
- * The hot path: authorize (cached membership), have the message store assign the
- * sequence number and persist, answer, and hand the message to fan-out in the order
- * the store acknowledged it.
+ * The hot path, for a batch of sends: validate each, authorize against cached
+ * membership (one lookup per conversation of the batch), have the message store
+ * assign sequence numbers and persist, answer each, and hand each stored message to
+ * fan-out. The appends are submitted in the order of `sends`, with nothing awaited in
+ * between, so one conversation's sends are sequenced in the order given.
  */
-export function send(ctx: RouterContext) {
-  return async (req: SendRequest) => {
-    requireUuid("sender_id", req.senderId);
-    requireUuid("sender_device_id", req.senderDeviceId);
-    requireUuid("conversation_id", req.conversationId);
-    requireUuid("client_msg_id", req.clientMsgId);
-    requireText("body", req.body, 1, MAX_BODY_CHARS);
-    const membership = await ctx.membership.get(req.conversationId);
-    // Unknown conversations get the same answer as foreign ones: ids are no oracle.
-    if (!membership?.has(req.senderId)) {
-      throw new ConnectError("not a member of this conversation", Code.PermissionDenied);
+async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): Promise<(SendResponse | ConnectError)[]> {
+  const out: (SendResponse | ConnectError | undefined)[] = sends.map((s) => {
+    try {
+      validate(s);
+      return undefined;
+    } catch (err) {
+      return ConnectError.from(err);
     }
-    const { message, duplicate } = await ctx.messagestore.append({
-      conversationId: req.conversationId,
-      senderId: req.senderId,
-      senderDeviceId: req.senderDeviceId,
-      clientMsgId: req.clientMsgId,
-      body: req.body,
+  });
+  const conversations = [...new Set(sends.filter((_, i) => !out[i]).map((s) => s.conversationId))];
+  const memberships = new Map<string, Membership | undefined | ConnectError>();
+  await Promise.all(
+    conversations.map(async (id) => {
+      try {
+        memberships.set(id, await ctx.membership.get(id));
+      } catch (err) {
+        memberships.set(id, ConnectError.from(err));
+      }
+    }),
+  );
+  const stored = sends.map(async (s, i) => {
+    if (out[i]) return;
+    const membership = memberships.get(s.conversationId);
+    if (membership instanceof ConnectError) return void (out[i] = membership);
+    // Unknown conversations get the same answer as foreign ones: ids are no oracle.
+    if (!membership?.has(s.senderId)) return void (out[i] = new ConnectError("not a member of this conversation", Code.PermissionDenied));
+    try {
+      const { message, duplicate } = await ctx.appends.submit({
+        conversationId: s.conversationId,
+        senderId: s.senderId,
+        senderDeviceId: s.senderDeviceId,
+        clientMsgId: s.clientMsgId,
+        body: s.body,
+      });
+      if (!message) throw new ConnectError("message store answered without a message", Code.Internal);
+      // A resend was fanned out the first time; doing it again would duplicate it on devices.
+      if (!duplicate) ctx.fanOut.enqueue({ message, memberIds: membership.memberIds, senderDeviceId: s.senderDeviceId });
+      out[i] = create(SendResponseSchema, {
+        conversationId: message.conversationId,
+        seq: message.seq,
+        messageId: message.messageId,
+        sentAt: message.sentAt,
+        duplicate,
+      });
+    } catch (err) {
+      out[i] = ConnectError.from(err);
+    }
+  });
+  await Promise.all(stored);
+  return out as (SendResponse | ConnectError)[];
+}
+
+export function send(ctx: RouterContext) {
+  return async (req: SendRequest): Promise<SendResponse> => {
+    const [result] = await handleSends(ctx, [req]);
+    if (result instanceof ConnectError) throw result;
+    return result!;
+  };
+}
+
+export function sendBatch(ctx: RouterContext) {
+  return async (req: SendBatchRequest): Promise<SendBatchResponse> => {
+    if (req.sends.length > MAX_SEND_BATCH) {
+      throw new ConnectError(`at most ${MAX_SEND_BATCH} sends per batch`, Code.InvalidArgument);
+    }
+    const results = await handleSends(ctx, req.sends);
+    return create(SendBatchResponseSchema, {
+      results: results.map((r) => ({ result: r instanceof ConnectError ? { case: "error" as const, value: itemError(r) } : { case: "ok" as const, value: r } })),
     });
-    if (!message) throw new ConnectError("message store answered without a message", Code.Internal);
-    // A resend was fanned out the first time; doing it again would duplicate it on devices.
-    if (!duplicate) ctx.fanOut.enqueue({ message, memberIds: membership.memberIds, senderDeviceId: req.senderDeviceId });
-    return {
-      conversationId: message.conversationId,
-      seq: message.seq,
-      messageId: message.messageId,
-      sentAt: message.sentAt,
-      duplicate,
-    };
   };
 }
