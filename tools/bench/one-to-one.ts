@@ -88,7 +88,9 @@ async function benchParley(): Promise<Result> {
       PARLEY_FRAMES_PER_SECOND: "1000000",
       PARLEY_FRAME_BURST: "1000000",
     },
-    nodeArgs: process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean),
+    // BENCH_NODE_ARGS="--cpu-prof" BENCH_NODE_KIND=messagestore: flags for that kind only.
+    nodeArgs: (kind) =>
+      !process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : [],
     onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
   });
   try {

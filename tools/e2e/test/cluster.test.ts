@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { ownerOf } from "../../../lib/balancer.js";
 import { realBackend } from "../../../lib/testing/backends.js";
+import { ThrowawayRedis } from "../../../lib/testing/redis.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
 
@@ -285,5 +286,70 @@ if (configured) {
         await cluster.spawn(kind, Number(owner.id.split("-").pop()) - 1);
       });
     }
+  });
+
+  describe("cluster with its Redis down and back (a throwaway redis-server)", () => {
+    let redis: ThrowawayRedis;
+    let cluster: Cluster;
+    before(async () => {
+      redis = await ThrowawayRedis.start();
+      cluster = await startCluster({
+        backends: { postgresUrl: backends.postgres!, redisUrl: redis.url, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        counts: { gateway: 2, router: 1, messagestore: 1 },
+        // Gateways re-register their connections every 300 ms: after Redis comes back
+        // empty, the registry is whole again within that.
+        extraEnv: { PARLEY_REGISTRY_TTL_SECONDS: "2", PARLEY_REGISTRY_REFRESH_MS: "300" },
+      });
+    });
+    after(async () => {
+      await cluster?.stop();
+      await redis?.stop();
+    });
+
+    it("keeps storing and acking while Redis is down, no process exits, and live delivery resumes by itself when it returns", async () => {
+      const [g1, g2] = cluster.discovery.list("gateway");
+      const ws = (g: typeof g1) => `${g!.publicUrl!.replace(/^http/, "ws")}/ws`;
+      const a = await api(g1!.publicUrl!).auth.signUp({ username: `ra-${randomUUID().slice(0, 8)}`, password: PASSWORD });
+      const b = await api(g1!.publicUrl!).auth.signUp({ username: `rb-${randomUUID().slice(0, 8)}`, password: PASSWORD });
+      const aTok = a.tokens!.accessToken;
+      const { conversation } = await api(g1!.publicUrl!, aTok).chat.openDirectConversation({ peer: { case: "peerUserId", value: b.user!.userId } });
+      const conv = conversation!.conversationId;
+      const ca = await FrameClient.connect(ws(g1), aTok);
+      const cb = await FrameClient.connect(ws(g2), b.tokens!.accessToken);
+      let ref = 0;
+      const send = (body: string) =>
+        ca.send({ ref: ++ref, kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId: conv, body } } });
+      const acks = () => ca.frames.filter((f) => f.kind.case === "ack").length;
+      const live = () => cb.frames.flatMap((f) => (f.kind.case === "message" ? [f.kind.value.body] : []));
+      try {
+        send("before");
+        await cb.signal.until("live delivery with Redis up", () => live().includes("before"), 20_000);
+
+        await redis.stop();
+        send("during");
+        await ca.signal.until("the ack of a message sent while Redis is down", () => acks() === 2, 20_000);
+        assert.deepEqual(ca.frames.filter((f) => f.kind.case === "error"), [], "sending needs no Redis");
+
+        await redis.start(); // empty: every registry entry is gone
+        let n = 0;
+        const deadline = Date.now() + 20_000;
+        while (!live().some((body) => body.startsWith("after"))) {
+          assert.ok(Date.now() < deadline, "live delivery did not resume within 20 s of Redis coming back");
+          send(`after ${n++}`);
+          await cb.signal.until("a live message", () => live().some((body) => body.startsWith("after")), 500).catch(() => {});
+        }
+        for (const p of cluster.processes) assert.equal(p.exitCode, undefined, `${p.name} is still running`);
+
+        // Nothing acknowledged is missing: history holds every message, in order, once.
+        await ca.signal.until("all acks", () => acks() === 2 + n, 20_000);
+        const page = await api(g1!.publicUrl!, aTok).chat.getHistory({ conversationId: conv, limit: 200 });
+        const bodies = page.messages.map((m) => m.body).reverse();
+        assert.deepEqual(bodies, ["before", "during", ...Array.from({ length: n }, (_, i) => `after ${i}`)]);
+        assert.deepEqual(page.messages.map((m) => Number(m.seq)).reverse(), Array.from({ length: n + 2 }, (_, i) => i + 1));
+      } finally {
+        await ca.close();
+        await cb.close();
+      }
+    });
   });
 }
