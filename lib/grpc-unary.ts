@@ -323,7 +323,7 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
       header: ConstructorParameters<typeof Headers>[0] | undefined,
       input: MessageInitShape<I>,
     ): Promise<UnaryResponse<I, O>> {
-      signal?.throwIfAborted();
+      if (signal?.aborted) throw ConnectError.from(signal.reason, Code.Canceled);
       const message = isMessage(input, method.input) ? input : create(method.input, input);
       const body = frame(toBinary(method.input, message));
       const headers: http2.OutgoingHttpHeaders = { "content-type": "application/grpc+proto", te: "trailers" };

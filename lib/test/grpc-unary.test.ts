@@ -112,6 +112,8 @@ describe("lean unary gRPC (lib/grpc-unary.ts)", { timeout: 30_000 }, () => {
     abort.abort();
     await assert.rejects(call, (err) => codeOf(err) === Code.Canceled);
     assert.equal(codeOf(await seen.aborted), Code.Canceled);
+    // A signal aborted before the call: nothing is sent.
+    await assert.rejects(client.notifyOffline({ userIds: ["a"] }, { signal: abort.signal }), (err) => codeOf(err) === Code.Canceled);
   });
 
   it("leaves compressed requests to connect's general path (grpc-js with gzip still works)", async () => {
