@@ -112,4 +112,18 @@ export function inProcess(routes: Routes, interceptors?: Interceptor[]): OwnedTr
   return Object.assign(transport, { close: () => {} });
 }
 
+/**
+ * A transport made on first use: for peers that exist only after this one is built
+ * (the one-process platform's groups service calls the router, which calls groups).
+ */
+export function lazyTransport(make: () => OwnedTransport): OwnedTransport {
+  let t: OwnedTransport | undefined;
+  const get = () => (t ??= make());
+  return {
+    unary: (...args) => get().unary(...args),
+    stream: (...args) => get().stream(...args),
+    close: () => t?.close(),
+  };
+}
+
 export { createClient, type Client };

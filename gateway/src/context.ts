@@ -2,6 +2,8 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { AuthService } from "../../gen/parley/client/v1/auth_service_pb.js";
 import { ChatService } from "../../gen/parley/client/v1/chat_service_pb.js";
+import { ContactsService } from "../../gen/parley/client/v1/contacts_service_pb.js";
+import { GroupService } from "../../gen/parley/client/v1/group_service_pb.js";
 import { DeliveryService } from "../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { MessageStoreService } from "../../gen/parley/messagestore/v1/messagestore_service_pb.js";
@@ -21,6 +23,8 @@ import type { GatewayConfig } from "./config.js";
 import { GatewayCore, type RouterSend } from "./core/gateway-core.js";
 import { authService } from "./public-api/auth-service.js";
 import { chatService } from "./public-api/chat-service.js";
+import { contactsService } from "./public-api/contacts-service.js";
+import { groupService } from "./public-api/group-service.js";
 import { startPublicServer, type PublicServer } from "./uws/server.js";
 
 export interface GatewayOverrides {
@@ -70,12 +74,14 @@ export class Gateway {
     };
     let registration: Registration | undefined;
     const session = createClient(SessionService, t.session);
+    const groups = createClient(GroupsService, t.groups);
     const registry = o.registry ?? (await openRegistry(cfg, logger));
     const ownRegistry = o.registry ? undefined : registry;
     const core = new GatewayCore(cfg, {
       session,
       send: batchedRouterSend(t.router),
       presence: createClient(PresenceService, t.presence),
+      groups,
       registry,
       clock: o.clock ?? Date.now,
       logger,
@@ -83,7 +89,7 @@ export class Gateway {
     });
     const deps = {
       session,
-      groups: createClient(GroupsService, t.groups),
+      groups,
       messagestore: createClient(MessageStoreService, t.messagestore),
       authenticate: (token: string) => core.authenticate(token),
       sessionRevoked: (sessionId: string) => void core.closeSession(sessionId),
@@ -92,6 +98,8 @@ export class Gateway {
     const api: Routes = (router) => {
       router.service(AuthService, authService(deps));
       router.service(ChatService, chatService(deps));
+      router.service(ContactsService, contactsService(deps));
+      router.service(GroupService, groupService(deps));
     };
     let internalServer: GrpcServer | undefined;
     let publicServer: PublicServer;
@@ -145,7 +153,21 @@ async function openRegistry(cfg: GatewayConfig, logger: Logger): Promise<Connect
 }
 
 export function deliveryRoutes(core: GatewayCore): Routes {
-  return (router) => router.service(DeliveryService, { deliver: async (req) => core.deliver(req) });
+  return (router) =>
+    router.service(DeliveryService, {
+      deliver: async (req) => core.deliver(req),
+      getStats: async () => {
+        const s = core.stats;
+        return {
+          connections: s.connections,
+          framesIn: BigInt(s.framesIn),
+          framesOut: BigInt(s.framesOut),
+          deliverCalls: BigInt(s.deliverCalls),
+          envelopes: BigInt(s.envelopes),
+          topicPublishes: BigInt(s.topicPublishes),
+        };
+      },
+    });
 }
 
 export type { Client };

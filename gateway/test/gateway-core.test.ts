@@ -6,6 +6,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { ClientFrameSchema, ErrorCode, ServerFrameSchema, type ServerFrame } from "../../gen/parley/client/v1/frames_pb.js";
 import { DeliverRequestSchema } from "../../gen/parley/gateway/v1/delivery_service_pb.js";
+import { GroupsService, type ReadCursor } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { PresenceService, type ReportConnectionsRequest } from "../../gen/parley/presence/v1/presence_service_pb.js";
 import { RouterService, type SendRequest } from "../../gen/parley/router/v1/router_service_pb.js";
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
@@ -17,7 +18,7 @@ import { openRedis } from "../../lib/redis.js";
 import { testPrefix, ThrowawayRedis } from "../../lib/testing/redis.js";
 import { realBackend } from "../../lib/testing/backends.js";
 import { loadConfig, type GatewayConfig } from "../src/config.js";
-import type { Connection, Principal, SocketPort } from "../src/core/connection.js";
+import type { Connection, Principal, SocketPort, TopicBus } from "../src/core/connection.js";
 import { decodeClientFrame } from "../src/core/frames.js";
 import { GatewayCore } from "../src/core/gateway-core.js";
 import { CloseCode, type Encoding } from "../src/core/protocol.js";
@@ -43,8 +44,33 @@ async function until(what: string, check: () => boolean, turns = 200): Promise<v
   assert.fail(`never happened: ${what}`);
 }
 
+/** Fake gateway-wide topics, like uWS: a publish reaches every subscribed socket (except the publishing one). */
+class FakeBus implements TopicBus {
+  readonly subs = new Map<string, Set<FakeSocket>>();
+  /** Every publish: the topic, and the socket it went through (undefined: gateway-wide). */
+  readonly publishes: { topic: string; from: FakeSocket | undefined }[] = [];
+
+  publish(topic: string, data: Uint8Array | string, binary: boolean): void {
+    this.publishFrom(undefined, topic, data, binary);
+  }
+
+  subscribers(topic: string): number {
+    return this.subs.get(topic)?.size ?? 0;
+  }
+
+  publishFrom(from: FakeSocket | undefined, topic: string, data: Uint8Array | string, binary: boolean): void {
+    assert.equal(binary, typeof data !== "string", "binary flag matches the data");
+    assert.equal(topic.startsWith("b/"), binary, "binary frames go to b/ topics, JSON ones to j/");
+    this.publishes.push({ topic, from });
+    for (const s of this.subs.get(topic) ?? []) if (s !== from) s.received(data, binary);
+  }
+}
+
 /** A fake socket: records what the core writes, corks and closes. */
 class FakeSocket implements SocketPort {
+  readonly topics = new Set<string>();
+  constructor(private readonly bus?: FakeBus) {}
+
   readonly writes: { data: Uint8Array | string; binary: boolean; corked: boolean }[] = [];
   readonly closes: { code: number; reason: string }[] = [];
   corks = 0;
@@ -75,7 +101,32 @@ class FakeSocket implements SocketPort {
 
   close(code: number, reason: string): void {
     this.closes.push({ code, reason });
+    // Like uWS: a closed socket leaves its topics.
+    for (const t of this.topics) this.bus?.subs.get(t)?.delete(this);
+    this.topics.clear();
     this.onClose?.();
+  }
+
+  subscribe(topic: string): void {
+    assert.ok(this.closes.length === 0, "no subscribe on a closed socket");
+    this.topics.add(topic);
+    let set = this.bus!.subs.get(topic);
+    if (!set) this.bus!.subs.set(topic, (set = new Set()));
+    set.add(this);
+  }
+
+  unsubscribe(topic: string): void {
+    this.topics.delete(topic);
+    this.bus!.subs.get(topic)?.delete(this);
+  }
+
+  publish(topic: string, data: Uint8Array | string, binary: boolean): void {
+    this.bus!.publishFrom(this, topic, data, binary);
+  }
+
+  /** A frame that reached this socket through a topic. */
+  received(data: Uint8Array | string, binary: boolean): void {
+    this.writes.push({ data, binary, corked: this.corked });
   }
 
   get frames(): ServerFrame[] {
@@ -119,6 +170,36 @@ class TestRegistry extends MemoryConnectionRegistry {
     this.calls.push(`remove ${entries.length}`);
     await super.remove(gatewayId, entries);
   }
+
+  readonly topicCalls: { op: "add" | "remove"; ids: string[] }[] = [];
+  failAddTopics: Error | undefined;
+
+  override async addTopics(gatewayId: string, ids: readonly string[]): Promise<void> {
+    this.calls.push(`addTopics ${ids.length}`);
+    this.topicCalls.push({ op: "add", ids: [...ids].sort() });
+    if (this.failAddTopics) throw this.failAddTopics;
+    await super.addTopics(gatewayId, ids);
+  }
+
+  override async removeTopics(gatewayId: string, ids: readonly string[]): Promise<void> {
+    this.calls.push(`removeTopics ${ids.length}`);
+    this.topicCalls.push({ op: "remove", ids: [...ids].sort() });
+    await super.removeTopics(gatewayId, ids);
+  }
+}
+
+/** The fake groups service: users' group lists and the read cursors it was sent. */
+interface FakeGroups {
+  /** userId → the group conversations they are an active member of. */
+  groupsOf: Map<string, string[]>;
+  /** The user ids of every ListUserGroupIds call. */
+  listCalls: string[][];
+  /** While set, ListUserGroupIds waits for it. */
+  listGate: Promise<void> | undefined;
+  listFail: Error | undefined;
+  cursorCalls: { userId: string; conversationId: string; seq: number }[][];
+  cursorGate: Promise<void> | undefined;
+  cursorFail: Error | undefined;
 }
 
 interface Harness {
@@ -131,6 +212,8 @@ interface Harness {
   presenceReports: ReportConnectionsRequest[];
   presenceFail: { next: boolean };
   cfg: GatewayConfig;
+  bus: FakeBus;
+  groups: FakeGroups;
 }
 
 /** `registry` replaces the test registry in the core (h.registry is then unused). */
@@ -187,15 +270,48 @@ function harness(env: Record<string, string> = {}, registryOverride?: Connection
       }),
     ),
   );
+  const fakeGroups: FakeGroups = {
+    groupsOf: new Map(),
+    listCalls: [],
+    listGate: undefined,
+    listFail: undefined,
+    cursorCalls: [],
+    cursorGate: undefined,
+    cursorFail: undefined,
+  };
+  const groups = createClient(
+    GroupsService,
+    createRouterTransport((r) =>
+      r.service(GroupsService, {
+        listUserGroupIds: async (req) => {
+          fakeGroups.listCalls.push([...req.userIds]);
+          // The answer is read before the gate: a change made meanwhile is not in it.
+          const users = req.userIds.map((userId) => ({ userId, conversationIds: [...(fakeGroups.groupsOf.get(userId) ?? [])] }));
+          if (fakeGroups.listGate) await fakeGroups.listGate;
+          if (fakeGroups.listFail) throw fakeGroups.listFail;
+          return { users };
+        },
+        advanceReadCursors: async (req) => {
+          fakeGroups.cursorCalls.push(req.cursors.map((c: ReadCursor) => ({ userId: c.userId, conversationId: c.conversationId, seq: Number(c.seq) })));
+          if (fakeGroups.cursorGate) await fakeGroups.cursorGate;
+          if (fakeGroups.cursorFail) throw fakeGroups.cursorFail;
+          return {};
+        },
+      }),
+    ),
+  );
+  const bus = new FakeBus();
   const core = new GatewayCore(cfg, {
     session,
     send: (req) => router.send(req),
     presence,
+    groups,
     registry: registryOverride ?? registry,
     clock: () => clock.now,
     logger: createLogger("test", "silent"),
   });
-  return { core, registry, clock, routerCalls, routerImpl, presenceReports, presenceFail, cfg };
+  core.useTopicBus(bus);
+  return { core, registry, clock, routerCalls, routerImpl, presenceReports, presenceFail, cfg, bus, groups: fakeGroups };
 }
 
 let seq = 0;
@@ -206,7 +322,7 @@ function principal(userId: string = randomUUID(), deviceId: string = randomUUID(
 /** Opens a connection on a fake socket wired like uWS (close() runs core.close). */
 function connect(h: Harness, p: Principal = principal(), encoding: Encoding = "binary") {
   const conn = h.core.newConnection(p, encoding);
-  const socket = new FakeSocket();
+  const socket = new FakeSocket(h.bus);
   socket.onClose = () => h.core.close(conn);
   h.core.open(conn, socket);
   return { conn, socket, p };
@@ -248,7 +364,7 @@ describe("GatewayCore: connection lifecycle", () => {
     h.registry.addGate = gate.promise;
     const p = principal();
     const conn = h.core.newConnection(p, "binary");
-    const socket = new FakeSocket();
+    const socket = new FakeSocket(h.bus);
     let registeredAtHello: string[] | undefined;
     let helloSeen = false;
     socket.onSend = () => {
@@ -743,6 +859,21 @@ describe("GatewayCore: registry refresh", () => {
     assert.deepEqual(entries.map(key).sort(), [b.p, b2.p].map(key).sort());
   });
 
+  it("the refresh also re-adds every topic of the gateway, in one call", async () => {
+    const [g1, g2] = [randomUUID(), randomUUID()];
+    const a = principal();
+    const b = principal();
+    h.groups.groupsOf.set(a.userId, [g1]);
+    h.groups.groupsOf.set(b.userId, [g1, g2]);
+    await connected(h, a);
+    await connected(h, b);
+    const before = h.registry.topicCalls.length;
+    await tick();
+    await until("topic refresh", () => h.registry.topicCalls.length === before + 1);
+    assert.deepEqual(h.registry.topicCalls.at(-1), { op: "add", ids: [g1, g2].sort() });
+    assert.equal(h.registry.calls.filter((c) => c.startsWith("refresh")).length, 1);
+  });
+
   it("a refresh due while an add is in flight waits for it (and then includes that device)", async () => {
     const a = await connected(h);
     const gate = deferred();
@@ -842,3 +973,334 @@ if (redisUrl) {
     });
   });
 }
+
+function groupFrame(body: string, conversationId = "g"): Uint8Array {
+  return toBinary(
+    ServerFrameSchema,
+    create(ServerFrameSchema, { kind: { case: "message", value: { conversationId, seq: 1n, messageId: body, body } } }),
+  );
+}
+
+/** Message bodies a socket received after its Hello. */
+function bodies(s: FakeSocket): (string | undefined)[] {
+  return s.frames.slice(1).map((f) => (f.kind.case === "message" ? f.kind.value.body : f.kind.case));
+}
+
+async function turns(n = 10): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r));
+}
+
+describe("GatewayCore: group topics", () => {
+  let h: Harness;
+  beforeEach(() => (h = harness()));
+  afterEach(() => h.core.drain());
+
+  const [g1, g2, g3] = [randomUUID(), randomUUID(), randomUUID()];
+
+  it("on connect: one group-list call for the flush, one topic registration, subscriptions only after Hello", async () => {
+    const [alice, bob] = [principal(), principal()];
+    h.groups.groupsOf.set(alice.userId, [g1, g2]);
+    h.groups.groupsOf.set(bob.userId, [g1]);
+    const gate = deferred();
+    h.registry.addGate = gate.promise;
+    const a = connect(h, alice);
+    const aj = connect(h, principal(alice.userId), "json");
+    const b = connect(h, bob);
+    await until("registry add", () => h.registry.calls.includes("add 3"));
+    assert.equal(h.groups.listCalls.length, 0, "the group list is fetched after the registry add");
+    gate.resolve();
+    await until("hellos", () => [a, aj, b].every((x) => x.socket.writes.length === 1));
+    assert.deepEqual(h.groups.listCalls.map((u) => [...u].sort()), [[alice.userId, bob.userId].sort()], "one call for all users");
+    assert.deepEqual(h.registry.calls, ["add 3", "addTopics 2"]);
+    assert.deepEqual(h.registry.topicCalls, [{ op: "add", ids: [g1, g2].sort() }]);
+    assert.deepEqual((await h.registry.lookupTopics([g1, g2, g3])).get(g1), [GW]);
+    assert.deepEqual([...a.socket.topics].sort(), [`b/${g1}`, `b/${g2}`].sort());
+    assert.deepEqual([...aj.socket.topics].sort(), [`j/${g1}`, `j/${g2}`].sort());
+    assert.deepEqual([...b.socket.topics], [`b/${g1}`]);
+    for (const x of [a, aj, b]) assert.equal(x.socket.kinds()[0], "hello");
+  });
+
+  it("a topic frame reaches every subscribed device except the sender's, JSON ones as JSON, nobody else", async () => {
+    const alice = principal();
+    const bob = principal();
+    const carol = principal(); // in another group only
+    h.groups.groupsOf.set(alice.userId, [g1]);
+    h.groups.groupsOf.set(bob.userId, [g1]);
+    h.groups.groupsOf.set(carol.userId, [g2]);
+    const phone = await connected(h, alice);
+    const laptop = await connected(h, principal(alice.userId), "json");
+    const b = await connected(h, bob);
+    const c = await connected(h, carol);
+    const m = groupFrame("hi group", g1);
+    const res = h.core.deliver(
+      create(DeliverRequestSchema, { envelopes: [{ topicConversationId: g1, serverFrame: m, excludeDeviceId: alice.deviceId }] }),
+    );
+    assert.deepEqual(bodies(phone.socket), [], "the sender's device is skipped");
+    assert.deepEqual(bodies(laptop.socket), ["hi group"]);
+    assert.deepEqual(bodies(b.socket), ["hi group"]);
+    assert.deepEqual(bodies(c.socket), []);
+    assert.deepEqual(b.socket.writes[1]!.data, m, "binary subscribers get the router's bytes");
+    assert.equal(laptop.socket.writes[1]!.data, toJsonString(ServerFrameSchema, fromBinary(ServerFrameSchema, m)));
+    assert.deepEqual(
+      h.bus.publishes.map((p) => [p.topic, p.from === phone.socket]),
+      [
+        [`b/${g1}`, true],
+        [`j/${g1}`, false],
+      ],
+      "binary published through the sender's socket, JSON gateway-wide",
+    );
+    assert.equal(res.deliveredFrames, 2);
+    assert.deepEqual(res.absentTopics, []);
+
+    // No JSON subscriber: no JSON publish. A conversation nobody here follows: absent.
+    h.bus.publishes.length = 0;
+    const res2 = h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          { topicConversationId: g2, serverFrame: groupFrame("to g2", g2) },
+          { topicConversationId: g3, serverFrame: groupFrame("to g3", g3) },
+        ],
+      }),
+    );
+    assert.deepEqual(h.bus.publishes.map((p) => p.topic), [`b/${g2}`]);
+    assert.deepEqual(bodies(c.socket), ["to g2"]);
+    assert.deepEqual(res2.absentTopics, [g3]);
+    assert.equal(res2.deliveredFrames, 1);
+  });
+
+  it("direct and topic envelopes of one call reach a socket in envelope order", async () => {
+    const bob = principal();
+    h.groups.groupsOf.set(bob.userId, [g1]);
+    const b = await connected(h, bob);
+    h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          { userIds: [bob.userId], serverFrame: messageFrame("direct 1") },
+          { topicConversationId: g1, serverFrame: groupFrame("group 2", g1) },
+          { userIds: [bob.userId], serverFrame: messageFrame("direct 3") },
+        ],
+      }),
+    );
+    assert.deepEqual(bodies(b.socket), ["direct 1", "group 2", "direct 3"]);
+  });
+
+  it("joins apply before the frame, leaves after it; a deleted group unsubscribes everyone", async () => {
+    const [alice, bob, dave, erin] = [principal(), principal(), principal(), principal()];
+    h.groups.groupsOf.set(alice.userId, [g1]);
+    h.groups.groupsOf.set(bob.userId, [g1]);
+    const a = await connected(h, alice);
+    const b = await connected(h, bob);
+    const d = await connected(h, dave, "json");
+    const absentUser = randomUUID();
+    h.registry.calls.length = 0;
+    const res = h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          {
+            topicConversationId: g1,
+            serverFrame: groupFrame("dave joined", g1),
+            membership: { conversationId: g1, joinedUserIds: [dave.userId, absentUser] },
+          },
+          {
+            topicConversationId: g1,
+            serverFrame: groupFrame("bob left", g1),
+            membership: { conversationId: g1, leftUserIds: [bob.userId] },
+          },
+          { topicConversationId: g1, serverFrame: groupFrame("after bob", g1) },
+        ],
+      }),
+    );
+    assert.deepEqual(bodies(d.socket), ["dave joined", "bob left", "after bob"], "the joined user gets the frame of their join");
+    assert.deepEqual(bodies(b.socket), ["dave joined", "bob left"], "the leaving user learns they left, then nothing");
+    assert.deepEqual(bodies(a.socket), ["dave joined", "bob left", "after bob"]);
+    assert.equal(res.deliveredFrames, 8);
+    assert.deepEqual([...b.socket.topics], []);
+    assert.deepEqual([...d.socket.topics], [`j/${g1}`]);
+
+    // A pure membership update (no frame) for a new group: erin is not here, alice subscribes.
+    h.core.deliver(
+      create(DeliverRequestSchema, { envelopes: [{ membership: { conversationId: g2, joinedUserIds: [alice.userId, erin.userId] } }] }),
+    );
+    assert.deepEqual([...a.socket.topics].sort(), [`b/${g1}`, `b/${g2}`].sort());
+    await until("topic registered", () => h.registry.calls.includes("addTopics 1"));
+    assert.deepEqual(h.registry.topicCalls.at(-1), { op: "add", ids: [g2] });
+
+    const del = h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          { topicConversationId: g1, serverFrame: groupFrame("deleted", g1), membership: { conversationId: g1, deleted: true } },
+          { topicConversationId: g1, serverFrame: groupFrame("too late", g1) },
+        ],
+      }),
+    );
+    assert.deepEqual(bodies(a.socket).slice(-1), ["deleted"]);
+    assert.deepEqual(bodies(d.socket).slice(-1), ["deleted"]);
+    assert.deepEqual(del.absentTopics, [g1]);
+    assert.deepEqual([...a.socket.topics], [`b/${g2}`]);
+    assert.deepEqual([...d.socket.topics], []);
+    await until("topic unregistered", () => h.registry.calls.includes("removeTopics 1"));
+    assert.deepEqual(h.registry.topicCalls.at(-1), { op: "remove", ids: [g1] });
+    assert.equal((await h.registry.lookupTopics([g1])).size, 0);
+  });
+
+  it("membership changes delivered while the group list is fetched are applied after it", async () => {
+    const alice = principal();
+    h.groups.groupsOf.set(alice.userId, [g1, g2]);
+    const gate = deferred();
+    h.groups.listGate = gate.promise;
+    const a = connect(h, alice);
+    await until("list call", () => h.groups.listCalls.length === 1);
+    // The (older) list says g1 and g2; meanwhile alice left g1, joined g3, and g2 was deleted.
+    h.core.deliver(
+      create(DeliverRequestSchema, {
+        envelopes: [
+          { membership: { conversationId: g1, leftUserIds: [alice.userId] } },
+          { membership: { conversationId: g3, joinedUserIds: [alice.userId] } },
+          { membership: { conversationId: g2, deleted: true } },
+        ],
+      }),
+    );
+    gate.resolve();
+    await until("hello", () => a.socket.writes.length === 1);
+    assert.deepEqual([...a.socket.topics], [`b/${g3}`]);
+    assert.deepEqual(h.registry.topicCalls, [{ op: "add", ids: [g3] }]);
+  });
+
+  it("topic frames for a connection between its group list and Hello follow the Hello", async () => {
+    const [alice, bob] = [principal(), principal()];
+    h.groups.groupsOf.set(alice.userId, [g1, g2]); // g2 is new here: Hello waits for its registration
+    h.groups.groupsOf.set(bob.userId, [g1]);
+    const b = await connected(h, bob);
+    const gate = deferred();
+    const addTopics = h.registry.addTopics.bind(h.registry);
+    h.registry.addTopics = async (gw, ids) => {
+      await gate.promise;
+      return addTopics(gw, ids);
+    };
+    const a = connect(h, principal(alice.userId));
+    await until("list call", () => h.groups.listCalls.length === 2);
+    await turns();
+    const res = h.core.deliver(create(DeliverRequestSchema, { envelopes: [{ topicConversationId: g1, serverFrame: groupFrame("early", g1) }] }));
+    assert.equal(res.deliveredFrames, 2);
+    assert.equal(a.socket.writes.length, 0, "nothing before Hello");
+    gate.resolve();
+    await until("hello", () => a.socket.writes.length === 2);
+    assert.deepEqual(a.socket.kinds(), ["hello", "message"]);
+    assert.deepEqual(bodies(b.socket), ["early"]);
+    h.core.deliver(create(DeliverRequestSchema, { envelopes: [{ topicConversationId: g1, serverFrame: groupFrame("late", g1) }] }));
+    assert.deepEqual(bodies(a.socket), ["early", "late"], "exactly once each");
+  });
+
+  it("a failing group list closes those connections with 4013, without Hello", async () => {
+    h.groups.listFail = new ConnectError("groups down", Code.Unavailable);
+    const a = connect(h);
+    const b = connect(h);
+    await until("closed", () => a.socket.closes.length > 0 && b.socket.closes.length > 0);
+    for (const s of [a.socket, b.socket]) {
+      assert.deepEqual(s.closes.map((c) => c.code), [CloseCode.TRY_AGAIN_LATER]);
+      assert.equal(s.writes.length, 0);
+    }
+    await until("unregistered", () => h.registry.calls.includes("remove 2"));
+    h.groups.listFail = undefined;
+    const c = await connected(h);
+    assert.equal(c.socket.kinds()[0], "hello");
+  });
+
+  it("a failing topic registration closes the new connections with 4013", async () => {
+    const alice = principal();
+    h.groups.groupsOf.set(alice.userId, [g1]);
+    h.registry.failAddTopics = new Error("registry down");
+    const a = connect(h, alice);
+    await until("closed", () => a.socket.closes.length > 0);
+    assert.deepEqual(a.socket.closes.map((c) => c.code), [CloseCode.TRY_AGAIN_LATER]);
+    assert.equal(a.socket.writes.length, 0);
+    assert.deepEqual([...a.socket.topics], []);
+  });
+
+  it("topic registrations are batched: first subscriber adds, last one removes, one call per flush", async () => {
+    const users = [principal(), principal(), principal()];
+    h.groups.groupsOf.set(users[0]!.userId, [g1, g2]);
+    h.groups.groupsOf.set(users[1]!.userId, [g1, g2]);
+    h.groups.groupsOf.set(users[2]!.userId, [g2, g3]);
+    const conns = users.map((p) => connect(h, p));
+    await until("hellos", () => conns.every((c) => c.socket.writes.length === 1));
+    assert.deepEqual(h.registry.topicCalls, [{ op: "add", ids: [g1, g2, g3].sort() }]);
+    conns[0]!.socket.close(1000, "bye"); // g1, g2 still have subscribers
+    await until("device removed", () => h.registry.calls.includes("remove 1"));
+    await turns();
+    assert.equal(h.registry.topicCalls.length, 1, "no topic call while others subscribe");
+    conns[1]!.socket.close(1000, "bye"); // g1's last
+    conns[2]!.socket.close(1000, "bye"); // g2's and g3's last
+    await until("topics removed", () => h.registry.topicCalls.length === 2);
+    await turns();
+    assert.deepEqual(h.registry.topicCalls[1], { op: "remove", ids: [g1, g2, g3].sort() });
+    assert.equal(h.registry.topicCalls.length, 2);
+    assert.equal((await h.registry.lookupTopics([g1, g2, g3])).size, 0);
+    // A topic that loses its last subscriber and gets a new one in the same turn costs only an add.
+    h.groups.groupsOf.set(users[0]!.userId, [g1]);
+    h.groups.groupsOf.set(users[1]!.userId, []);
+    const x = await connected(h, users[0]);
+    const y = await connected(h, users[1]);
+    assert.deepEqual(h.registry.topicCalls.slice(2), [{ op: "add", ids: [g1] }]);
+    x.socket.close(1000, "bye");
+    h.core.deliver(create(DeliverRequestSchema, { envelopes: [{ membership: { conversationId: g1, joinedUserIds: [users[1]!.userId] } }] }));
+    await until("re-registered", () => h.registry.topicCalls.length === 4);
+    await turns();
+    assert.deepEqual(h.registry.topicCalls.slice(3), [{ op: "add", ids: [g1] }], "the pending remove was cancelled");
+    assert.deepEqual([...y.socket.topics], [`b/${g1}`]);
+    assert.deepEqual((await h.registry.lookupTopics([g1])).get(g1), [GW]);
+  });
+});
+
+describe("GatewayCore: own messages count as read", () => {
+  let h: Harness;
+  beforeEach(() => (h = harness({ PARLEY_FRAME_BURST: "100", PARLEY_MAX_INFLIGHT_SENDS: "100" })));
+  afterEach(() => h.core.drain());
+
+  it("read cursors advance to the ack's seq: coalesced per user and conversation, one call in flight", async () => {
+    const alice = await connected(h);
+    const bob = await connected(h);
+    const [c1, c2] = [randomUUID(), randomUUID()];
+    const gate = deferred();
+    h.groups.cursorGate = gate.promise;
+    frameIn(alice.conn, h, sendFrame(1, "first", c1)); // seq 1
+    await until("first call", () => h.groups.cursorCalls.length === 1);
+    assert.deepEqual(h.groups.cursorCalls[0], [{ userId: alice.p.userId, conversationId: c1, seq: 1 }]);
+    // While it is in flight: many acks for two users and two conversations.
+    for (let i = 0; i < 5; i++) frameIn(alice.conn, h, sendFrame(10 + i, "x", c1));
+    for (let i = 0; i < 3; i++) frameIn(bob.conn, h, sendFrame(20 + i, "y", c1));
+    frameIn(alice.conn, h, sendFrame(30, "z", c2));
+    await until("acks", () => alice.socket.kinds().filter((k) => k === "ack").length === 7 && bob.socket.kinds().filter((k) => k === "ack").length === 3);
+    await turns();
+    assert.equal(h.groups.cursorCalls.length, 1, "nothing more while one call is in flight");
+    gate.resolve();
+    await until("second call", () => h.groups.cursorCalls.length === 2);
+    const seqOf = (s: FakeSocket) => s.frames.flatMap((f) => (f.kind.case === "ack" ? [{ c: f.kind.value.conversationId, seq: Number(f.kind.value.seq) }] : []));
+    const max = (s: FakeSocket, c: string) => Math.max(...seqOf(s).filter((a) => a.c === c).map((a) => a.seq));
+    const second = [...h.groups.cursorCalls[1]!].sort((x, y) => (x.userId + x.conversationId).localeCompare(y.userId + y.conversationId));
+    const expected = [
+      { userId: alice.p.userId, conversationId: c1, seq: max(alice.socket, c1) },
+      { userId: alice.p.userId, conversationId: c2, seq: max(alice.socket, c2) },
+      { userId: bob.p.userId, conversationId: c1, seq: max(bob.socket, c1) },
+    ].sort((x, y) => (x.userId + x.conversationId).localeCompare(y.userId + y.conversationId));
+    assert.deepEqual(second, expected);
+    await turns();
+    assert.equal(h.groups.cursorCalls.length, 2);
+    assert.equal(h.core.readCursorCalls, 2);
+  });
+
+  it("a failed cursor call is logged and not retried; later acks still advance", async () => {
+    const alice = await connected(h);
+    const c = randomUUID();
+    h.groups.cursorFail = new ConnectError("groups down", Code.Unavailable);
+    frameIn(alice.conn, h, sendFrame(1, "a", c));
+    await until("first call", () => h.groups.cursorCalls.length === 1);
+    await turns();
+    h.groups.cursorFail = undefined;
+    assert.equal(h.groups.cursorCalls.length, 1, "not retried");
+    assert.equal(alice.socket.closes.length, 0);
+    frameIn(alice.conn, h, sendFrame(2, "b", c));
+    await until("second call", () => h.groups.cursorCalls.length === 2);
+    assert.equal(h.groups.cursorCalls[1]![0]!.seq, 2);
+  });
+});

@@ -18,6 +18,8 @@ interface Entry {
 export class MemoryConnectionRegistry implements ConnectionRegistry {
   /** userId → deviceId → entry */
   private readonly users = new Map<string, Map<string, Entry>>();
+  /** conversationId → gatewayId → expiresAtMs (the conversation index) */
+  private readonly topics = new Map<string, Map<string, number>>();
   private readonly ttlMs: number;
   private readonly clock: () => number;
 
@@ -72,6 +74,41 @@ export class MemoryConnectionRegistry implements ConnectionRegistry {
       }
       if (devices.size === 0) this.users.delete(userId);
       if (gateways.length > 0) out.set(userId, gateways);
+    }
+    return out;
+  }
+
+  async addTopics(gatewayId: string, conversationIds: readonly string[]): Promise<void> {
+    const expiresAtMs = this.clock() + this.ttlMs;
+    for (const id of conversationIds) {
+      let gateways = this.topics.get(id);
+      if (!gateways) this.topics.set(id, (gateways = new Map()));
+      gateways.set(gatewayId, expiresAtMs);
+    }
+  }
+
+  async removeTopics(gatewayId: string, conversationIds: readonly string[]): Promise<void> {
+    for (const id of conversationIds) {
+      const gateways = this.topics.get(id);
+      if (!gateways) continue;
+      gateways.delete(gatewayId);
+      if (gateways.size === 0) this.topics.delete(id);
+    }
+  }
+
+  async lookupTopics(conversationIds: readonly string[]): Promise<Map<string, string[]>> {
+    const now = this.clock();
+    const out = new Map<string, string[]>();
+    for (const id of conversationIds) {
+      const gateways = this.topics.get(id);
+      if (!gateways) continue;
+      const live: string[] = [];
+      for (const [gatewayId, expiresAtMs] of gateways) {
+        if (expiresAtMs <= now) gateways.delete(gatewayId);
+        else live.push(gatewayId);
+      }
+      if (gateways.size === 0) this.topics.delete(id);
+      if (live.length > 0) out.set(id, live);
     }
     return out;
   }

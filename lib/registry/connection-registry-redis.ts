@@ -10,7 +10,9 @@ import { BackgroundPipelines, FORGET_STALE_FIELDS, closeRedis, execPipeline } fr
 /**
  * The connection registry on Redis (ioredis).
  *
- * Layout: one hash per user, `{prefix}conn:{userId}`, field deviceId → `gatewayId|expiresAtMs`.
+ * Layout: one hash per user, `{prefix}conn:{userId}`, field deviceId → `gatewayId|expiresAtMs`;
+ * and the conversation index, one hash per group conversation, `{prefix}topic:{conversationId}`,
+ * field gatewayId → `expiresAtMs`.
  *
  * Expiry per entry: Redis 7.0 has no per-field TTL, so each value carries its own
  * deadline (`expiresAtMs`, from the adapter's clock: injectable, so tests need no
@@ -26,6 +28,11 @@ import { BackgroundPipelines, FORGET_STALE_FIELDS, closeRedis, execPipeline } fr
  * one script call per user, each touching that user's key only (atomic per user, and
  * compatible with Redis Cluster since no script spans two keys). ioredis sends EVAL the
  * first time on a connection and EVALSHA afterwards, inside the same pipeline.
+ *
+ * The conversation index works the same way: `addTopics` (one pipeline, one script call
+ * per conversation key: HSET the gateway's deadline and extend the key TTL) both adds and
+ * refreshes; `removeTopics` is one pipeline of HDEL; `lookupTopics` one pipeline of
+ * HGETALL, expired fields deleted lazily and conditionally like device entries.
  *
  * `refresh` is what a live gateway calls once per interval with all its connections
  * (never a timer per connection): it extends the deadline of entries that point at that
@@ -90,7 +97,12 @@ for i = 1, #all, 2 do
   if gw_of(all[i + 1]) == ARGV[1] then n = n + redis.call('HDEL', KEYS[1], all[i]) end
 end
 return n`,
-  /** KEYS[1] user hash; ARGV: deviceId, value pairs: deletes each field still holding that (expired) value. */
+  /** KEYS[1] conversation hash; ARGV: gatewayId, expiresAtMs, keyTtlMs. */
+  parleyRegistryTopicAdd: `${LUA_COMMON}
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+extend(KEYS[1], ARGV[3])
+return 0`,
+  /** KEYS[1] user or conversation hash; ARGV: field, value pairs: deletes each field still holding that (expired) value. */
   parleyRegistryForget: FORGET_STALE_FIELDS,
 } as const;
 
@@ -178,6 +190,50 @@ export class RedisConnectionRegistry implements ConnectionRegistry {
       }
       if (gateways.length > 0) out.set(userId, gateways);
       if (stale.length > 0) expired.push([this.key(userId), stale]);
+    });
+    if (expired.length > 0) this.forget(expired);
+    return out;
+  }
+
+  private topicKey(conversationId: string): string {
+    return `${this.prefix}topic:${conversationId}`;
+  }
+
+  async addTopics(gatewayId: string, conversationIds: readonly string[]): Promise<void> {
+    if (conversationIds.length === 0) return;
+    const expiresAtMs = this.clock() + this.ttlMs;
+    const p = this.pipeline();
+    for (const id of new Set(conversationIds)) p.parleyRegistryTopicAdd(this.topicKey(id), gatewayId, expiresAtMs, this.ttlMs);
+    await execPipeline(p, "registry addTopics");
+  }
+
+  async removeTopics(gatewayId: string, conversationIds: readonly string[]): Promise<void> {
+    if (conversationIds.length === 0) return;
+    const p = this.pipeline();
+    for (const id of new Set(conversationIds)) p.hdel(this.topicKey(id), gatewayId);
+    await execPipeline(p, "registry removeTopics");
+  }
+
+  async lookupTopics(conversationIds: readonly string[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    const ids = [...new Set(conversationIds)];
+    if (ids.length === 0) return out;
+    const p = this.pipeline();
+    for (const id of ids) p.hgetall(this.topicKey(id));
+    const replies = await execPipeline(p, "registry lookupTopics");
+    const now = this.clock();
+    const expired: [string, string[]][] = [];
+    ids.forEach((id, i) => {
+      const hash = (replies[i] ?? {}) as Record<string, string>;
+      const gateways: string[] = [];
+      const stale: string[] = [];
+      for (const [gatewayId, value] of Object.entries(hash)) {
+        const expiresAtMs = Number(value);
+        if (!Number.isFinite(expiresAtMs) || expiresAtMs <= now) stale.push(gatewayId, value);
+        else gateways.push(gatewayId);
+      }
+      if (gateways.length > 0) out.set(id, gateways);
+      if (stale.length > 0) expired.push([this.topicKey(id), stale]);
     });
     if (expired.length > 0) this.forget(expired);
     return out;

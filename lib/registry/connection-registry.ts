@@ -39,6 +39,26 @@ export interface ConnectionRegistry {
    * One round trip for all users.
    */
   lookup(userIds: readonly string[]): Promise<Map<string, string[]>>;
+
+  /*
+   * The conversation index: which gateways hold at least one device subscribed to a
+   * group conversation's topic. Routers send a group message once to each of them;
+   * the gateway fans it out to its own subscribers. Entries expire like device entries.
+   */
+
+  /**
+   * Marks `gatewayId` as holding subscribers of these conversations, extending entries
+   * that exist and re-creating missing or expired ones (gateways call it when a topic
+   * gets its first local subscriber, and once per refresh interval for all their topics).
+   */
+  addTopics(gatewayId: string, conversationIds: readonly string[]): Promise<void>;
+  /** `gatewayId` holds no subscriber of these conversations any more. */
+  removeTopics(gatewayId: string, conversationIds: readonly string[]): Promise<void>;
+  /**
+   * For each conversation with at least one live entry: the gateways holding its
+   * subscribers. Conversations with none are absent. One round trip for all.
+   */
+  lookupTopics(conversationIds: readonly string[]): Promise<Map<string, string[]>>;
   close(): Promise<void>;
 }
 

@@ -10,6 +10,8 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import WebSocket from "ws";
 import { AuthService } from "../../gen/parley/client/v1/auth_service_pb.js";
 import { ChatService } from "../../gen/parley/client/v1/chat_service_pb.js";
+import { ContactsService } from "../../gen/parley/client/v1/contacts_service_pb.js";
+import { GroupService } from "../../gen/parley/client/v1/group_service_pb.js";
 import { ClientFrameSchema, ServerFrameSchema, type ServerFrame } from "../../gen/parley/client/v1/frames_pb.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -110,6 +112,8 @@ export function bearer(token: string): Interceptor {
 export interface ApiClients {
   auth: Client<typeof AuthService>;
   chat: Client<typeof ChatService>;
+  contacts: Client<typeof ContactsService>;
+  groups: Client<typeof GroupService>;
 }
 
 /** Connect clients of the public API (HTTP/1.1, like a browser or curl). */
@@ -120,7 +124,12 @@ export function api(publicUrl: string, token?: string, binary = true): ApiClient
     useBinaryFormat: binary,
     interceptors: token ? [bearer(token)] : [],
   });
-  return { auth: createClient(AuthService, transport), chat: createClient(ChatService, transport) };
+  return {
+    auth: createClient(AuthService, transport),
+    chat: createClient(ChatService, transport),
+    contacts: createClient(ContactsService, transport),
+    groups: createClient(GroupService, transport),
+  };
 }
 
 export type ClientFrameInit = MessageInitShape<typeof ClientFrameSchema>;

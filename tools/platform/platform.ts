@@ -3,7 +3,7 @@ import { join, resolve } from "node:path";
 import { createLogger, type Logger } from "../../lib/logger.js";
 import { StaticDiscovery } from "../../lib/discovery/discovery-static.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
-import { inProcess, startGrpcServer, type GrpcServer, type Routes } from "../../lib/rpc.js";
+import { inProcess, lazyTransport, startGrpcServer, type GrpcServer, type Routes } from "../../lib/rpc.js";
 import type { Sql } from "../../lib/sql.js";
 import { openPglite } from "../../lib/sql-pglite.js";
 import { loadConfig as gatewayConfig } from "../../gateway/src/config.js";
@@ -43,7 +43,13 @@ export async function startPlatform(env: Record<string, string | undefined>, log
   try {
     const sessionCtx = await session.SessionContext.fromConfig(session.loadConfig(env), { sql, logger: child("session") });
     closers.unshift(() => sessionCtx.close());
-    const groupsCtx = await groups.GroupsContext.fromConfig(groups.loadConfig(env), { sql, logger: child("groups") });
+    // Groups publishes membership changes to the router, which is built below.
+    let routerRoutes: Routes | undefined;
+    const groupsCtx = await groups.GroupsContext.fromConfig(groups.loadConfig(env), {
+      sql,
+      router: lazyTransport(() => inProcess(routerRoutes!)),
+      logger: child("groups"),
+    });
     closers.unshift(() => groupsCtx.close());
     const storeCtx = await messagestore.MessageStoreContext.fromConfig(messagestore.loadConfig(env), {
       sql,
@@ -74,10 +80,10 @@ export async function startPlatform(env: Record<string, string | undefined>, log
       logger: child("router"),
     });
     closers.unshift(() => routerCtx.close());
-    const routerRoutes = router.routerRoutes(routerCtx);
+    routerRoutes = router.routerRoutes(routerCtx);
 
     const all: Routes = (r) => {
-      for (const fn of [...Object.values(routes), routerRoutes]) fn(r);
+      for (const fn of [...Object.values(routes), routerRoutes!]) fn(r);
     };
     const internal: GrpcServer = await startGrpcServer({
       host: gwCfg.host,
@@ -97,7 +103,7 @@ export async function startPlatform(env: Record<string, string | undefined>, log
 
     gateway = await Gateway.start(gwCfg, {
       session: inProcess(routes.session),
-      router: inProcess(routerRoutes),
+      router: inProcess(routerRoutes!),
       groups: inProcess(routes.groups),
       messagestore: inProcess(routes.messagestore),
       presence: inProcess(routes.presence),

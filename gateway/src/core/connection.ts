@@ -9,6 +9,30 @@ export interface SocketPort {
   /** Runs `fn` with the socket corked: its writes leave in one syscall. */
   cork(fn: () => void): void;
   close(code: number, reason: string): void;
+  /** Receives what is published to `topic` from now on (a closed socket leaves its topics by itself). */
+  subscribe(topic: string): void;
+  unsubscribe(topic: string): void;
+  /**
+   * Publishes to every subscriber of `topic` on this gateway except this socket (how a
+   * group message skips the sender's device). A subscriber whose send buffer is over the
+   * limit is closed by the transport, not by the core (there is no per-socket answer).
+   */
+  publish(topic: string, data: Uint8Array | string, binary: boolean): void;
+}
+
+/** Gateway-wide topics (uWS: `app.publish`, `app.numSubscribers`). */
+export interface TopicBus {
+  /** Writes to every subscriber of `topic` on this gateway (slow ones are closed, as for SocketPort.publish). */
+  publish(topic: string, data: Uint8Array | string, binary: boolean): void;
+  subscribers(topic: string): number;
+}
+
+/**
+ * The topic of a group conversation for connections of one encoding: binary and JSON
+ * connections get differently encoded frames, so each conversation has two topics.
+ */
+export function topicOf(encoding: Encoding, conversationId: string): string {
+  return `${encoding === "binary" ? "b" : "j"}/${conversationId}`;
 }
 
 export interface Principal {
@@ -31,6 +55,11 @@ export class Connection {
   tokens: number;
   refilledAtMs: number;
   inFlightSends = 0;
+  /**
+   * The group conversations this connection is subscribed to; undefined until its user's
+   * group list arrived. Socket-level subscriptions exist only once `ready` (after Hello).
+   */
+  topics: Set<string> | undefined;
 
   constructor(
     readonly principal: Principal,

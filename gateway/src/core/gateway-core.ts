@@ -2,6 +2,7 @@ import { fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { ErrorCode, ServerFrameSchema, type ClientFrame, type SendMessage } from "../../../gen/parley/client/v1/frames_pb.js";
 import type { DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
+import type { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import type { PresenceService } from "../../../gen/parley/presence/v1/presence_service_pb.js";
 import type { SendRequestSchema, SendResponse } from "../../../gen/parley/router/v1/router_service_pb.js";
 import type { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
@@ -9,9 +10,10 @@ import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry, DeviceEntry } from "../../../lib/registry/connection-registry.js";
 import { requireText, requireUuid } from "../../../lib/validate.js";
 import type { GatewayConfig } from "../config.js";
-import { Connection, type Principal, type SocketPort } from "./connection.js";
+import { Connection, topicOf, type Principal, type SocketPort, type TopicBus } from "./connection.js";
 import { encodeServerFrame, errorCodeOf, errorFrame, pongFrame, serverFrame, type Decoded } from "./frames.js";
 import { CloseCode, type Encoding } from "./protocol.js";
+import { ReadCursorQueue } from "./read-cursors.js";
 
 export const MAX_BODY_CHARS = 4000;
 
@@ -27,6 +29,11 @@ export interface GatewayDeps {
    */
   send: RouterSend;
   presence: Client<typeof PresenceService> | undefined;
+  /**
+   * The groups service: the group conversations of connecting users (one
+   * ListUserGroupIds per flush) and the read cursors of senders (coalesced).
+   */
+  groups: Pick<Client<typeof GroupsService>, "listUserGroupIds" | "advanceReadCursors">;
   registry: ConnectionRegistry;
   clock: () => number;
   logger: Logger;
@@ -34,10 +41,35 @@ export interface GatewayDeps {
   onConnections?: (n: number) => void;
 }
 
+/** The local subscribers of one group conversation's topics. */
+interface TopicState {
+  /** Ready (Hello sent) connections, subscribed at the socket to the binary / JSON topic. */
+  binary: Set<Connection>;
+  json: Set<Connection>;
+  /** Subscribed connections still waiting for Hello: their topic frames wait in `early`. */
+  waiting: Set<Connection>;
+}
+
+/** A membership change seen while the user's group list was being fetched. */
+interface MembershipOp {
+  conversationId: string;
+  join: boolean;
+}
+
+export interface DeliverResult {
+  deliveredFrames: number;
+  absentUserIds: string[];
+  absentTopics: string[];
+}
+
 export interface GatewayStats {
   connections: number;
   framesIn: number;
   framesOut: number;
+  /** Deliver calls served, the envelopes in them, and the topic publishes they caused. */
+  deliverCalls: number;
+  envelopes: number;
+  topicPublishes: number;
 }
 
 /**
@@ -48,8 +80,22 @@ export interface GatewayStats {
 export class GatewayCore {
   /** userId → that user's connections on this gateway (usually one). */
   private readonly byUser = new Map<string, Connection[]>();
+  /** deviceId → its connections here (usually one): finds the sender's socket to publish from. */
+  private readonly byDevice = new Map<string, Connection[]>();
+  /** conversationId → its local subscribers; present while it has at least one. */
+  private readonly topics = new Map<string, TopicState>();
+  private bus: TopicBus | undefined;
   private pendingAdd: Connection[] = [];
   private pendingRemove: DeviceEntry[] = [];
+  /** Conversations that got their first / lost their last local subscriber since the last flush. */
+  private readonly pendingTopicAdd = new Set<string>();
+  private readonly pendingTopicRemove = new Set<string>();
+  /**
+   * Users whose group list is being fetched (one flush at a time): membership changes
+   * delivered meanwhile, applied after the (possibly older) list.
+   */
+  private fetching: Map<string, MembershipOp[]> | undefined;
+  private readonly readCursors: ReadCursorQueue;
   private flushScheduled = false;
   /**
    * The registry writes, one flush at a time: an add still in flight must not land
@@ -62,7 +108,7 @@ export class GatewayCore {
   /** One timer per gateway (never one per connection) refreshing every registry entry of this gateway. */
   private readonly refreshTimer: NodeJS.Timeout;
   private draining = false;
-  readonly stats: GatewayStats = { connections: 0, framesIn: 0, framesOut: 0 };
+  readonly stats: GatewayStats = { connections: 0, framesIn: 0, framesOut: 0, deliverCalls: 0, envelopes: 0, topicPublishes: 0 };
 
   constructor(
     private readonly cfg: GatewayConfig,
@@ -74,6 +120,21 @@ export class GatewayCore {
     }
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
+    this.readCursors = new ReadCursorQueue(async (cursors) => {
+      await deps.groups.advanceReadCursors({
+        cursors: cursors.map((c) => ({ userId: c.userId, conversationId: c.conversationId, seq: BigInt(c.seq) })),
+      });
+    }, deps.logger);
+  }
+
+  /** The transport's gateway-wide topics (set once by the transport, before connections open). */
+  useTopicBus(bus: TopicBus): void {
+    this.bus = bus;
+  }
+
+  /** Read-cursor calls made so far (tests, metrics). */
+  get readCursorCalls(): number {
+    return this.readCursors.calls;
   }
 
   get accepting(): boolean {
@@ -102,9 +163,8 @@ export class GatewayCore {
     }
     this.stats.connections++;
     this.deps.onConnections?.(this.stats.connections);
-    const list = this.byUser.get(conn.principal.userId);
-    if (list) list.push(conn);
-    else this.byUser.set(conn.principal.userId, [conn]);
+    push(this.byUser, conn.principal.userId, conn);
+    push(this.byDevice, conn.principal.deviceId, conn);
     this.wentOffline.delete(conn.principal.userId);
     this.pendingAdd.push(conn);
     this.scheduleFlush();
@@ -117,6 +177,8 @@ export class GatewayCore {
     this.stats.connections--;
     this.deps.onConnections?.(this.stats.connections);
     const { userId, deviceId } = conn.principal;
+    for (const conversationId of conn.topics ?? []) this.unsubscribe(conn, conversationId);
+    drop(this.byDevice, deviceId, conn);
     const list = this.byUser.get(userId);
     if (!list) return;
     const rest = list.filter((c) => c !== conn);
@@ -179,6 +241,8 @@ export class GatewayCore {
         clientMsgId: s.clientMsgId,
         body: s.body,
       });
+      // The sender has read their own message.
+      this.readCursors.advance(conn.principal.userId, ack.conversationId, Number(ack.seq));
       this.reply(
         conn,
         serverFrame({
@@ -216,47 +280,168 @@ export class GatewayCore {
     conn.socket?.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resync");
   }
 
-  /** DeliveryService.Deliver: envelopes in order; each socket corked once per call. */
-  deliver(req: DeliverRequest): { deliveredFrames: number; absentUserIds: string[] } {
+  /**
+   * DeliveryService.Deliver, envelopes in order. For each: membership joins (those users'
+   * connections here subscribe), then the frame (direct to `user_ids`, and published to
+   * the conversation's topics), then leaves and deletion (unsubscribe). Direct frames
+   * are written corked, once per socket for a run of direct envelopes; a topic envelope
+   * first writes out the direct frames before it, so every socket sees envelope order.
+   */
+  deliver(req: DeliverRequest): DeliverResult {
     const perConn = new Map<Connection, (Uint8Array | string)[]>();
     const absent = new Set<string>();
+    const absentTopics = new Set<string>();
+    let delivered = 0;
+    this.stats.deliverCalls++;
+    this.stats.envelopes += req.envelopes.length;
     for (const env of req.envelopes) {
-      let json: string | undefined;
-      for (const userId of env.userIds) {
-        const conns = this.byUser.get(userId);
-        if (!conns) {
-          absent.add(userId);
-          continue;
-        }
-        for (const conn of conns) {
-          if (conn.principal.deviceId === env.excludeDeviceId || conn.closed) continue;
-          let data: Uint8Array | string = env.serverFrame;
-          if (conn.encoding === "json") {
-            json ??= encodeServerFrame(fromBinary(ServerFrameSchema, env.serverFrame), "json") as string;
-            data = json;
+      const m = env.membership;
+      const changed = m !== undefined && m.conversationId !== "" ? m.conversationId : undefined;
+      if (changed) for (const userId of m!.joinedUserIds) this.applyMembership(userId, changed, true);
+      if (env.serverFrame.length > 0) {
+        let json: string | undefined;
+        const jsonOf = () => (json ??= encodeServerFrame(fromBinary(ServerFrameSchema, env.serverFrame), "json") as string);
+        for (const userId of env.userIds) {
+          const conns = this.byUser.get(userId);
+          if (!conns) {
+            absent.add(userId);
+            continue;
           }
-          const list = perConn.get(conn);
-          if (list) list.push(data);
-          else perConn.set(conn, [data]);
+          for (const conn of conns) {
+            if (conn.principal.deviceId === env.excludeDeviceId || conn.closed) continue;
+            const data = conn.encoding === "json" ? jsonOf() : env.serverFrame;
+            const list = perConn.get(conn);
+            if (list) list.push(data);
+            else perConn.set(conn, [data]);
+          }
+        }
+        if (env.topicConversationId !== "") {
+          delivered += this.writeDirect(perConn);
+          this.stats.topicPublishes++;
+          const n = this.publish(env.topicConversationId, env.serverFrame, jsonOf, env.excludeDeviceId);
+          if (n === undefined) absentTopics.add(env.topicConversationId);
+          else delivered += n;
         }
       }
+      if (changed) {
+        for (const userId of m!.leftUserIds) this.applyMembership(userId, changed, false);
+        if (m!.deleted) this.deleteTopic(changed);
+      }
     }
+    delivered += this.writeDirect(perConn);
+    this.stats.framesOut += delivered;
+    return { deliveredFrames: delivered, absentUserIds: [...absent], absentTopics: [...absentTopics] };
+  }
+
+  /** Writes (and clears) the collected direct frames: each ready socket corked once. */
+  private writeDirect(perConn: Map<Connection, (Uint8Array | string)[]>): number {
     let delivered = 0;
     for (const [conn, frames] of perConn) {
-      if (!conn.ready) {
+      delivered += frames.length;
+      if (!conn.ready || conn.closed) {
         for (const f of frames) conn.writeEncoded(f);
-        delivered += frames.length;
         continue;
       }
       let ok = true;
       conn.socket!.cork(() => {
         for (const f of frames) ok = conn.writeEncoded(f) && ok;
       });
-      delivered += frames.length;
       if (!ok) this.slow(conn);
     }
-    this.stats.framesOut += delivered;
-    return { deliveredFrames: delivered, absentUserIds: [...absent] };
+    perConn.clear();
+    return delivered;
+  }
+
+  /**
+   * Publishes a group frame to the local subscribers of a conversation, except the
+   * sender's device: through the sender's own socket when it is subscribed here (uWS
+   * skips the publishing socket), otherwise gateway-wide. The JSON encoding is made only
+   * when JSON connections subscribe. Returns the number of recipients, undefined when
+   * the conversation has no subscriber here.
+   */
+  private publish(conversationId: string, frame: Uint8Array, jsonOf: () => string, excludeDeviceId: string): number | undefined {
+    const st = this.topics.get(conversationId);
+    if (!st) return undefined;
+    const sender = excludeDeviceId === "" ? undefined : this.byDevice.get(excludeDeviceId);
+    let n = 0;
+    for (const [subscribers, encoding] of [
+      [st.binary, "binary"],
+      [st.json, "json"],
+    ] as const) {
+      if (subscribers.size === 0) continue;
+      const data = encoding === "binary" ? frame : jsonOf();
+      const topic = topicOf(encoding, conversationId);
+      const from = sender?.find((c) => subscribers.has(c));
+      if (from) from.socket!.publish(topic, data, encoding === "binary");
+      else this.topicBus().publish(topic, data, encoding === "binary");
+      n += subscribers.size - (from ? 1 : 0);
+    }
+    for (const conn of st.waiting) {
+      if (conn.principal.deviceId === excludeDeviceId) continue;
+      conn.writeEncoded(conn.encoding === "json" ? jsonOf() : frame);
+      n++;
+    }
+    return n;
+  }
+
+  private topicBus(): TopicBus {
+    if (!this.bus) throw new ConnectError("gateway has no topic transport", Code.Internal);
+    return this.bus;
+  }
+
+  /** A user joined or left a group: their connections here (un)subscribe. */
+  private applyMembership(userId: string, conversationId: string, join: boolean): void {
+    this.fetching?.get(userId)?.push({ conversationId, join });
+    for (const conn of this.byUser.get(userId) ?? []) {
+      if (join) this.subscribe(conn, conversationId);
+      else this.unsubscribe(conn, conversationId);
+    }
+  }
+
+  /** A group was deleted: everyone here unsubscribes. */
+  private deleteTopic(conversationId: string): void {
+    if (this.fetching) for (const ops of this.fetching.values()) ops.push({ conversationId, join: false });
+    const st = this.topics.get(conversationId);
+    if (!st) return;
+    for (const conn of [...st.binary, ...st.json, ...st.waiting]) this.unsubscribe(conn, conversationId);
+  }
+
+  /**
+   * Subscribes a connection whose group list is known. A ready one subscribes at the
+   * socket; one waiting for Hello gets topic frames in `early` until `hello` subscribes
+   * it. The first local subscriber of a conversation registers the gateway for it.
+   */
+  private subscribe(conn: Connection, conversationId: string): void {
+    if (conn.closed || !conn.topics || conn.topics.has(conversationId)) return;
+    conn.topics.add(conversationId);
+    let st = this.topics.get(conversationId);
+    if (!st) {
+      this.topics.set(conversationId, (st = { binary: new Set(), json: new Set(), waiting: new Set() }));
+      this.pendingTopicRemove.delete(conversationId);
+      this.pendingTopicAdd.add(conversationId);
+      this.scheduleFlush();
+    }
+    if (!conn.ready) {
+      st.waiting.add(conn);
+      return;
+    }
+    (conn.encoding === "binary" ? st.binary : st.json).add(conn);
+    conn.socket!.subscribe(topicOf(conn.encoding, conversationId));
+  }
+
+  /** The last local subscriber of a conversation unregisters the gateway for it. */
+  private unsubscribe(conn: Connection, conversationId: string): void {
+    if (!conn.topics?.delete(conversationId)) return;
+    const st = this.topics.get(conversationId);
+    if (!st) return;
+    if (!st.waiting.delete(conn) && (conn.encoding === "binary" ? st.binary : st.json).delete(conn)) {
+      conn.socket?.unsubscribe(topicOf(conn.encoding, conversationId));
+    }
+    if (st.binary.size + st.json.size + st.waiting.size > 0) return;
+    this.topics.delete(conversationId);
+    this.pendingTopicAdd.delete(conversationId);
+    this.pendingTopicRemove.add(conversationId);
+    this.scheduleFlush();
   }
 
   private scheduleFlush(): void {
@@ -270,32 +455,97 @@ export class GatewayCore {
     return this.flushes;
   }
 
-  /** One registry write for every connection opened or closed since the last flush. */
+  /**
+   * One registry write for every connection opened or closed since the last flush, one
+   * group-list fetch for all users of the new connections, one topic registration for
+   * every conversation that got its first local subscriber; then Hello.
+   */
   private async flush(): Promise<void> {
     this.flushScheduled = false;
     const adds = this.pendingAdd;
     const removes = this.pendingRemove;
+    const topicRemoves = [...this.pendingTopicRemove];
     this.pendingAdd = [];
     this.pendingRemove = [];
+    this.pendingTopicRemove.clear();
     const gw = this.cfg.id;
     try {
       if (removes.length > 0) await this.deps.registry.remove(gw, removes);
     } catch (err) {
       this.deps.logger.warn({ err, entries: removes.length }, "registry remove failed");
     }
-    const live = adds.filter((c) => !c.closed);
-    if (live.length === 0) return;
     try {
-      await this.deps.registry.add(
-        gw,
-        live.map((c) => ({ userId: c.principal.userId, deviceId: c.principal.deviceId })),
-      );
+      if (topicRemoves.length > 0) await this.deps.registry.removeTopics(gw, topicRemoves);
     } catch (err) {
-      this.deps.logger.warn({ err, connections: live.length }, "registry add failed");
-      for (const c of live) c.socket?.close(CloseCode.TRY_AGAIN_LATER, "registry unavailable: try again later");
-      return;
+      // The entries expire by themselves (nobody refreshes them).
+      this.deps.logger.warn({ err, topics: topicRemoves.length }, "registry removeTopics failed");
+    }
+    let live = adds.filter((c) => !c.closed);
+    if (live.length > 0) {
+      try {
+        await this.deps.registry.add(
+          gw,
+          live.map((c) => ({ userId: c.principal.userId, deviceId: c.principal.deviceId })),
+        );
+      } catch (err) {
+        this.deps.logger.warn({ err, connections: live.length }, "registry add failed");
+        this.tryAgainLater(live, "registry unavailable: try again later");
+        live = [];
+      }
+    }
+    if (live.length > 0) live = await this.subscribeNew(live);
+    const topics = [...this.pendingTopicAdd];
+    this.pendingTopicAdd.clear();
+    if (topics.length > 0) {
+      try {
+        await this.deps.registry.addTopics(gw, topics);
+      } catch (err) {
+        this.deps.logger.warn({ err, topics: topics.length }, "registry addTopics failed");
+        this.tryAgainLater(live, "registry unavailable: try again later");
+        live = [];
+        // Still subscribed here (joins of open connections): the next flush or refresh retries.
+        for (const t of topics) if (this.topics.has(t) && !this.pendingTopicRemove.has(t)) this.pendingTopicAdd.add(t);
+      }
     }
     for (const c of live) if (!c.closed) this.hello(c);
+  }
+
+  /**
+   * Fetches the group lists of the new connections' users (one call), applies the
+   * membership changes delivered meanwhile, and subscribes the connections (they get
+   * socket-level subscriptions with Hello). Returns the connections still open.
+   */
+  private async subscribeNew(live: Connection[]): Promise<Connection[]> {
+    const userIds = [...new Set(live.map((c) => c.principal.userId))];
+    const seen = new Map<string, MembershipOp[]>(userIds.map((u) => [u, []]));
+    this.fetching = seen;
+    let lists: Map<string, string[]>;
+    try {
+      const res = await this.deps.groups.listUserGroupIds({ userIds });
+      lists = new Map(res.users.map((u) => [u.userId, u.conversationIds]));
+    } catch (err) {
+      this.deps.logger.warn({ err, users: userIds.length }, "listing users' groups failed");
+      this.tryAgainLater(live, "groups unavailable: try again later");
+      return [];
+    } finally {
+      this.fetching = undefined;
+    }
+    const open = live.filter((c) => !c.closed);
+    for (const conn of open) {
+      const { userId } = conn.principal;
+      const groups = new Set(lists.get(userId));
+      for (const op of seen.get(userId)!) {
+        if (op.join) groups.add(op.conversationId);
+        else groups.delete(op.conversationId);
+      }
+      conn.topics = new Set();
+      for (const conversationId of groups) this.subscribe(conn, conversationId);
+    }
+    return open;
+  }
+
+  private tryAgainLater(conns: readonly Connection[], reason: string): void {
+    for (const c of conns) c.socket?.close(CloseCode.TRY_AGAIN_LATER, reason);
   }
 
   /**
@@ -316,11 +566,21 @@ export class GatewayCore {
       for (const c of conns) if (c.ready && !c.closed) devices.add(c.principal.deviceId);
       for (const deviceId of devices) entries.push({ userId, deviceId });
     }
-    if (entries.length === 0) return;
-    try {
-      await this.deps.registry.refresh(this.cfg.id, entries);
-    } catch (err) {
-      this.deps.logger.warn({ err, entries: entries.length }, "registry refresh failed");
+    if (entries.length > 0) {
+      try {
+        await this.deps.registry.refresh(this.cfg.id, entries);
+      } catch (err) {
+        this.deps.logger.warn({ err, entries: entries.length }, "registry refresh failed");
+      }
+    }
+    // Every conversation with a subscriber here, in one call (re-creates lost entries too).
+    const topics = [...this.topics.keys()];
+    if (topics.length > 0) {
+      try {
+        await this.deps.registry.addTopics(this.cfg.id, topics);
+      } catch (err) {
+        this.deps.logger.warn({ err, topics: topics.length }, "registry topic refresh failed");
+      }
     }
   }
 
@@ -347,6 +607,14 @@ export class GatewayCore {
       for (const f of early ?? []) ok = conn.writeEncoded(f) && ok;
     });
     if (!ok) this.slow(conn);
+    if (conn.closed) return;
+    // Topic frames so far waited in `early` (written above); from now on they come from the topics.
+    for (const conversationId of conn.topics ?? []) {
+      const st = this.topics.get(conversationId)!;
+      st.waiting.delete(conn);
+      (conn.encoding === "binary" ? st.binary : st.json).add(conn);
+      conn.socket!.subscribe(topicOf(conn.encoding, conversationId));
+    }
   }
 
   /** One report per interval for all users of this gateway (never one per connection). */
@@ -388,5 +656,20 @@ export class GatewayCore {
     for (const c of all) this.close(c);
     await this.queueFlush();
     await this.reportPresence();
+    await this.readCursors.idle();
   }
+}
+
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
+}
+
+function drop<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (!list) return;
+  const rest = list.filter((v) => v !== value);
+  if (rest.length === 0) map.delete(key);
+  else map.set(key, rest);
 }

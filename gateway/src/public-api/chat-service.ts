@@ -1,33 +1,35 @@
-import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { ChatService } from "../../../gen/parley/client/v1/chat_service_pb.js";
-import { ConversationKind } from "../../../gen/parley/client/v1/types_pb.js";
-import { ConversationKind as InternalKind, type Conversation } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import type { Head } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
-import { invalid, pageLimit, requireUuid } from "../../../lib/validate.js";
 import { clientMessage } from "../../../lib/client-message.js";
-import { publicUser } from "./convert.js";
+import { invalid, pageLimit, requireUuid } from "../../../lib/validate.js";
+import { isActive, ms, publicConversation, publicUser, readableLastSeq } from "./convert.js";
 import { caller, type PublicApiDeps } from "./deps.js";
+import { requireMembership, requireSelf } from "./membership.js";
 
 const MAX_USERS_PER_CALL = 200;
 
-function publicConversation(c: Conversation, head: Head | undefined) {
-  return {
-    conversationId: c.conversationId,
-    kind: c.kind === InternalKind.DIRECT ? ConversationKind.DIRECT : ConversationKind.GROUP,
-    memberIds: c.memberIds,
-    lastSeq: head?.lastSeq ?? 0n,
-    createdAt: c.createdAt,
-    lastActivityAt: head?.lastSentAt ?? c.createdAt,
-  };
-}
+/** What a conversation list shows of one conversation's newest message. */
+type VisibleHead = Pick<Head, "lastSeq" | "lastSentAt" | "lastMessage">;
 
 /** The public conversation API. Every call acts as the caller and checks membership server-side. */
 export function chatService(deps: PublicApiDeps): ServiceImpl<typeof ChatService> {
-  async function heads(ids: string[]): Promise<Map<string, Head>> {
+  async function heads(ids: string[], includeLastMessage = false): Promise<Map<string, Head>> {
     if (ids.length === 0) return new Map();
-    const res = await deps.messagestore.getHeads({ conversationIds: ids });
+    const res = await deps.messagestore.getHeads({ conversationIds: ids, includeLastMessage });
     return new Map(res.heads.map((h) => [h.conversationId, h]));
+  }
+
+  /**
+   * The head a member who left may see: the newest message up to their `left_seq` (one
+   * history read when the conversation went on after they left).
+   */
+  async function capHead(conversationId: string, leftSeq: bigint, head: Head | undefined): Promise<VisibleHead | undefined> {
+    if (!head || head.lastSeq <= leftSeq) return head;
+    if (leftSeq === 0n) return undefined;
+    const { messages } = await deps.messagestore.getHistory({ conversationId, beforeSeq: leftSeq + 1n, limit: 1 });
+    const m = messages[0];
+    return m && { lastSeq: m.seq, lastSentAt: m.sentAt, lastMessage: m };
   }
 
   return {
@@ -51,28 +53,54 @@ export function chatService(deps: PublicApiDeps): ServiceImpl<typeof ChatService
           throw invalid("peer", "give peer_user_id or peer_username");
       }
       if (peerId === me.userId) throw invalid("peer", "a direct conversation needs another user");
+      // A block in either direction is PERMISSION_DENIED from the groups service.
       const { conversation } = await deps.groups.getOrCreateDirectConversation({ userId: me.userId, peerUserId: peerId });
       if (!conversation) throw new ConnectError("groups answered without a conversation", Code.Internal);
-      const h = await heads([conversation.conversationId]);
-      return { conversation: publicConversation(conversation, h.get(conversation.conversationId)) };
+      const id = conversation.conversationId;
+      const [{ member }, h] = await Promise.all([deps.groups.getMembership({ conversationId: id, userId: me.userId }), heads([id])]);
+      return { conversation: publicConversation(conversation, member, h.get(id)) };
     },
 
     async listConversations(req, ctx) {
       const limit = pageLimit("limit", req.limit, 50, 200);
       const me = await caller(deps, ctx);
-      const { conversations } = await deps.groups.listUserConversations({ userId: me.userId });
-      const h = await heads(conversations.map((c) => c.conversationId));
-      const list = conversations.map((c) => publicConversation(c, h.get(c.conversationId)));
-      list.sort((a, b) => activity(b) - activity(a));
-      return { conversations: list.slice(0, limit) };
+      const userId = requireSelf("user_id", req.userId, me.userId);
+      const { conversations } = await deps.groups.listUserConversations({ userId });
+      const all = conversations.flatMap((uc) => (uc.conversation && uc.member ? [{ c: uc.conversation, m: uc.member }] : []));
+      // Order all of them by last activity, then read previews for one page only.
+      const first = await heads(all.map((x) => x.c.conversationId));
+      const activity = (x: (typeof all)[number]) => ms(first.get(x.c.conversationId)?.lastSentAt) || ms(x.c.createdAt);
+      const page = all
+        .map((x) => ({ ...x, at: activity(x) }))
+        .sort((a, b) => b.at - a.at)
+        .slice(0, limit);
+      const latest = await heads(
+        page.map((x) => x.c.conversationId),
+        true,
+      );
+      const out = await Promise.all(
+        page.map(async ({ c, m }) => {
+          const head = latest.get(c.conversationId);
+          const visible = isActive(m) ? head : await capHead(c.conversationId, m.leftSeq, head);
+          return publicConversation(c, m, visible);
+        }),
+      );
+      return { conversations: out };
     },
 
     async getHistory(req, ctx) {
       const conversationId = requireUuid("conversation_id", req.conversationId);
       const limit = pageLimit("limit", req.limit, 50, 200);
       const me = await caller(deps, ctx);
-      await requireMember(deps, conversationId, me.userId);
-      const { messages } = await deps.messagestore.getHistory({ conversationId, beforeSeq: req.beforeSeq, limit });
+      const { member } = await requireMembership(deps, conversationId, me.userId, { active: false });
+      let beforeSeq = req.beforeSeq;
+      if (!isActive(member)) {
+        // A past member reads only up to their leave event.
+        if (member.leftSeq === 0n) return { messages: [], nextBeforeSeq: 0n };
+        const bound = member.leftSeq + 1n;
+        if (beforeSeq === 0n || beforeSeq > bound) beforeSeq = bound;
+      }
+      const { messages } = await deps.messagestore.getHistory({ conversationId, beforeSeq, limit });
       const last = messages[messages.length - 1];
       return {
         messages: messages.map(clientMessage),
@@ -88,21 +116,27 @@ export function chatService(deps: PublicApiDeps): ServiceImpl<typeof ChatService
       const { users } = await deps.session.getUsers({ userIds: req.userIds, usernames: req.usernames });
       return { users: users.map(publicUser).filter((u) => u !== undefined) };
     },
+
+    async markRead(req, ctx) {
+      const conversationId = requireUuid("conversation_id", req.conversationId);
+      const me = await caller(deps, ctx);
+      const { member } = await requireMembership(deps, conversationId, me.userId, { active: false });
+      const h = await heads([conversationId]);
+      const cap = readableLastSeq(member, h.get(conversationId)?.lastSeq ?? 0n);
+      const seq = req.seq < cap ? req.seq : cap;
+      if (seq > member.readSeq) {
+        await deps.groups.advanceReadCursors({ cursors: [{ userId: me.userId, conversationId, seq }] });
+        return { readSeq: seq };
+      }
+      return { readSeq: member.readSeq };
+    },
+
+    async setMuted(req, ctx) {
+      const conversationId = requireUuid("conversation_id", req.conversationId);
+      const me = await caller(deps, ctx);
+      await requireMembership(deps, conversationId, me.userId, { active: false });
+      await deps.groups.setMuted({ userId: me.userId, conversationId, muted: req.muted });
+      return {};
+    },
   };
-}
-
-function activity(c: { lastActivityAt?: { seconds: bigint; nanos: number } }): number {
-  return c.lastActivityAt ? timestampMs(c.lastActivityAt as Parameters<typeof timestampMs>[0]) : 0;
-}
-
-async function requireMember(deps: PublicApiDeps, conversationId: string, userId: string): Promise<void> {
-  let members: string[] = [];
-  try {
-    const { conversation } = await deps.groups.getConversation({ conversationId });
-    members = conversation?.memberIds ?? [];
-  } catch (err) {
-    if (ConnectError.from(err).code !== Code.NotFound) throw err;
-  }
-  // Same answer for unknown and foreign conversations: ids are no oracle.
-  if (!members.includes(userId)) throw new ConnectError("not a member of this conversation", Code.PermissionDenied);
 }

@@ -39,14 +39,25 @@ export async function startPublicServer(
 ): Promise<PublicServer> {
   assertNativeUws();
   const app: TemplatedApp = uWS.App();
+  core.useTopicBus({
+    publish: (topic, data, binary) => void app.publish(topic, data, binary),
+    subscribers: (topic) => app.numSubscribers(topic),
+  });
 
   app.ws<UserData>("/ws", {
     compression: uWS.DISABLED,
     maxPayloadLength: cfg.hardMaxFrameBytes,
     idleTimeout: cfg.idleTimeoutSeconds,
     sendPingsAutomatically: true,
+    // Direct writes: the core checks the buffer after each send and closes a client over
+    // the limit with 4008 (SocketPort.send). Topic publishes give no per-socket answer
+    // (uWS writes them to subscribers later, in its loop), so uWS itself must act: with
+    // closeOnBackpressureLimit a subscriber already over maxBackpressure is not skipped
+    // (a silent gap in its stream) but has the frame dropped and its socket shut down; the
+    // client sees an abnormal closure (1006), reconnects and resyncs from its cursors, and
+    // our close handler unregisters it as for any close.
     maxBackpressure: cfg.maxBackpressureBytes,
-    closeOnBackpressureLimit: 0,
+    closeOnBackpressureLimit: 1,
 
     upgrade(res, req, context) {
       const key = req.getHeader("sec-websocket-key");
@@ -90,11 +101,15 @@ export async function startPublicServer(
       const { conn } = ws.getUserData();
       const port: SocketPort = {
         send: (data, binary) => {
-          ws.send(data, binary);
-          return ws.getBufferedAmount() <= cfg.maxBackpressureBytes;
+          // 2: dropped (already over the limit, e.g. after topic publishes); uWS shuts the socket down.
+          const status = ws.send(data, binary);
+          return status !== 2 && ws.getBufferedAmount() <= cfg.maxBackpressureBytes;
         },
         cork: (fn) => void ws.cork(fn),
         close: (code, reason) => ws.end(code, reason),
+        subscribe: (topic) => void ws.subscribe(topic),
+        unsubscribe: (topic) => void ws.unsubscribe(topic),
+        publish: (topic, data, binary) => void ws.publish(topic, data, binary),
       };
       core.open(conn, port);
     },

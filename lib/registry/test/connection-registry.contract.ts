@@ -170,6 +170,92 @@ export function describeConnectionRegistry(name: string, open: (o: RegistryFacto
       assert.equal(await gatewaysOf(u), undefined);
     });
 
+    const topicGateways = async (conversationId: string) => sorted((await reg.lookupTopics([conversationId])).get(conversationId));
+
+    it("addTopics/lookupTopics: the gateways holding subscribers of each conversation, each once", async () => {
+      const [c1, c2, c3] = [randomUuid(), randomUuid(), randomUuid()];
+      await reg.addTopics("gw-1", [c1, c2, c1]);
+      await reg.addTopics("gw-2", [c1]);
+      await reg.addTopics("gw-3", [c3]);
+      const found = await reg.lookupTopics([c1, c2, c3]);
+      assert.deepEqual(sorted(found.get(c1)), ["gw-1", "gw-2"]);
+      assert.deepEqual(found.get(c2), ["gw-1"]);
+      assert.deepEqual(found.get(c3), ["gw-3"]);
+      assert.equal(found.size, 3);
+      await reg.addTopics("gw-1", [c1]); // again: still listed once
+      assert.deepEqual(await topicGateways(c1), ["gw-1", "gw-2"]);
+    });
+
+    it("lookupTopics of many conversations in one call: unknown ones are absent; duplicates and empty lists are fine", async () => {
+      const ids = Array.from({ length: 50 }, () => randomUuid());
+      await reg.addTopics("gw-many", ids.filter((_, i) => i % 3 === 0));
+      await reg.addTopics("gw-other", ids.filter((_, i) => i % 3 === 1));
+      const found = await reg.lookupTopics([...ids, ids[0]!, randomUuid()]);
+      assert.equal(found.size, 34);
+      ids.forEach((id, i) => assert.deepEqual(found.get(id), i % 3 === 0 ? ["gw-many"] : i % 3 === 1 ? ["gw-other"] : undefined));
+      assert.equal((await reg.lookupTopics([])).size, 0);
+      await reg.addTopics("gw-many", []);
+      await reg.removeTopics("gw-many", []);
+    });
+
+    it("removeTopics drops only that gateway's entries of those conversations", async () => {
+      const [c1, c2, c3] = [randomUuid(), randomUuid(), randomUuid()];
+      await reg.addTopics("gw-1", [c1, c2, c3]);
+      await reg.addTopics("gw-2", [c1, c2]);
+      await reg.removeTopics("gw-1", [c1, c2, randomUuid()]);
+      const found = await reg.lookupTopics([c1, c2, c3]);
+      assert.deepEqual(found.get(c1), ["gw-2"]);
+      assert.deepEqual(found.get(c2), ["gw-2"]);
+      assert.deepEqual(found.get(c3), ["gw-1"], "conversations not named are left alone");
+      await reg.removeTopics("gw-2", [c1]);
+      assert.equal(await topicGateways(c1), undefined);
+      await reg.removeTopics("gw-3", [c2]); // a gateway that never held it
+      assert.deepEqual(await topicGateways(c2), ["gw-2"]);
+    });
+
+    it("topic entries expire once the TTL runs out; re-adding extends them, per gateway", async () => {
+      const c = randomUuid();
+      const t0 = now;
+      await reg.addTopics("gw-1", [c]);
+      await reg.addTopics("gw-2", [c]);
+      now = t0 + ttlMs - 10;
+      await reg.addTopics("gw-1", [c]); // gw-1's periodic refresh
+      now = t0 + ttlMs - 1;
+      assert.deepEqual(await topicGateways(c), ["gw-1", "gw-2"]);
+      now = t0 + ttlMs;
+      assert.deepEqual(await topicGateways(c), ["gw-1"], "gw-2 stopped refreshing");
+      now = t0 + 2 * ttlMs - 11;
+      assert.deepEqual(await topicGateways(c), ["gw-1"]);
+      now = t0 + 2 * ttlMs - 10;
+      assert.equal(await topicGateways(c), undefined);
+      await reg.addTopics("gw-2", [c]); // written again after expiry
+      assert.deepEqual(await topicGateways(c), ["gw-2"]);
+    });
+
+    it("the conversation index and the device entries do not mix", async () => {
+      const id = randomUuid();
+      await reg.addTopics("gw-topic", [id]);
+      assert.equal(await gatewaysOf(id), undefined, "a conversation is no user");
+      await reg.add("gw-device", [{ userId: id, deviceId: "d" }]);
+      assert.deepEqual(await topicGateways(id), ["gw-topic"]);
+      await reg.removeUsers("gw-topic", [id]);
+      await reg.removeTopics("gw-device", [id]);
+      assert.deepEqual(await topicGateways(id), ["gw-topic"]);
+      assert.deepEqual(await gatewaysOf(id), ["gw-device"]);
+      await reg.removeTopics("gw-topic", [id]);
+      assert.equal(await topicGateways(id), undefined);
+      assert.deepEqual(await gatewaysOf(id), ["gw-device"]);
+    });
+
+    it("topic gateway ids with unusual characters round-trip", async () => {
+      const c = randomUuid();
+      const gw = "gw|eu-west:1/ä";
+      await reg.addTopics(gw, [c]);
+      assert.deepEqual(await topicGateways(c), [gw]);
+      await reg.removeTopics(gw, [c]);
+      assert.equal(await topicGateways(c), undefined);
+    });
+
     it("gateway ids with unusual characters round-trip", async () => {
       const u = randomUuid();
       const gw = "gw|eu-west:1/ä";

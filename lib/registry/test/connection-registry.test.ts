@@ -51,6 +51,30 @@ if (redisUrl) {
       assert.equal(await raw.exists(key), 0, "the last removal deletes the key");
     });
 
+    it("one hash per conversation, field gatewayId → deadline, key TTL as a backstop; expired fields deleted lazily", async () => {
+      let now = 1_800_000_000_000;
+      const timed = new RedisConnectionRegistry(await openRedis(redisUrl), { prefix, ttlMs: 30_000, clock: () => now });
+      try {
+        const c = randomUuid();
+        await timed.addTopics("gw-old", [c]);
+        now += 20_000;
+        await timed.addTopics("gw-new", [c]);
+        const key = `${prefix}topic:${c}`;
+        assert.deepEqual(await keysUnder(raw, key), [key]);
+        assert.deepEqual(await raw.hgetall(key), { "gw-old": String(now - 20_000 + 30_000), "gw-new": String(now + 30_000) });
+        const pttl = await raw.pttl(key);
+        assert.ok(pttl > 25_000 && pttl <= 30_000, `key TTL ${pttl}`);
+        now += 15_000;
+        assert.deepEqual((await timed.lookupTopics([c])).get(c), ["gw-new"]);
+        await eventually("expired field deleted", async () => !(await raw.hexists(key, "gw-old")));
+        assert.equal(await raw.hexists(key, "gw-new"), 1);
+        await timed.removeTopics("gw-new", [c]);
+        assert.equal(await raw.exists(key), 0, "the last removal deletes the key");
+      } finally {
+        await timed.close();
+      }
+    });
+
     it("lookup deletes expired entries lazily, and only those", async () => {
       let now = 1_800_000_000_000;
       const timed = new RedisConnectionRegistry(await openRedis(redisUrl), { prefix, ttlMs: 1000, clock: () => now });
@@ -95,6 +119,9 @@ if (redisUrl) {
         () => reg.refresh("gw-1", [{ userId: u, deviceId: "d" }]),
         () => reg.remove("gw-1", [{ userId: u, deviceId: "d" }]),
         () => reg.removeUsers("gw-1", [u]),
+        () => reg.addTopics("gw-1", [u]),
+        () => reg.removeTopics("gw-1", [u]),
+        () => reg.lookupTopics([u]),
       ]) {
         const t = Date.now();
         await assert.rejects(call(), unavailable);

@@ -1,7 +1,14 @@
+import { createClient } from "@connectrpc/connect";
+import { RouterService } from "../../../gen/parley/router/v1/router_service_pb.js";
+import type { Discovery } from "../../../lib/discovery/discovery.js";
 import { createLogger, type Logger } from "../../../lib/logger.js";
+import { peer } from "../../../lib/process-discovery.js";
+import type { OwnedTransport } from "../../../lib/rpc.js";
 import type { Sql } from "../../../lib/sql.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
 import { openPostgres } from "../../../lib/sql-pg.js";
+import { UuidV7Generator } from "../../../lib/ids.js";
+import { ChangePublisher } from "./change-publisher.js";
 import type { GroupsConfig } from "./config.js";
 import type { ConversationStore } from "./conversation-store.js";
 import { SqlConversationStore } from "./conversation-store-sql.js";
@@ -9,20 +16,34 @@ import { SqlConversationStore } from "./conversation-store-sql.js";
 export interface GroupsOverrides {
   sql?: Sql;
   store?: ConversationStore;
+  /** The transport to the routers (changes are published there). Default: `peer("router", cfg.routerUrl, discovery)`. */
+  router?: OwnedTransport;
+  discovery?: Discovery;
   clock?: () => number;
   logger?: Logger;
 }
 
 export class GroupsContext {
+  /** Ids of new groups (UUIDv7: time-ordered). */
+  readonly ids: UuidV7Generator;
+
   private constructor(
     readonly store: ConversationStore,
+    readonly publisher: ChangePublisher,
+    /** Most active members of one group. */
+    readonly memberCap: number,
     readonly clock: () => number,
     readonly logger: Logger,
     private readonly ownedSql: Sql | undefined,
-  ) {}
+    /** The router transport built here (overrides belong to the caller). */
+    private readonly ownedRouter: OwnedTransport | undefined,
+  ) {
+    this.ids = new UuidV7Generator(clock);
+  }
 
   static async fromConfig(cfg: GroupsConfig, o: GroupsOverrides = {}): Promise<GroupsContext> {
     const logger = o.logger ?? createLogger("groups", cfg.logLevel);
+    const clock = o.clock ?? Date.now;
     let ownedSql: Sql | undefined;
     let store = o.store;
     if (!store) {
@@ -38,10 +59,20 @@ export class GroupsContext {
         throw err;
       }
     }
-    return new GroupsContext(store, o.clock ?? Date.now, logger, ownedSql);
+    const ownedRouter = o.router ? undefined : peer("router", cfg.routerUrl, o.discovery);
+    const router = o.router ?? ownedRouter!;
+    const publisher = new ChangePublisher(store, createClient(RouterService, router), logger.child({ subsystem: "outbox" }), {
+      intervalMs: cfg.outboxIntervalMs,
+      timeoutMs: cfg.publishTimeoutMs,
+      clock,
+    });
+    publisher.start();
+    return new GroupsContext(store, publisher, cfg.memberCap, clock, logger, ownedSql, ownedRouter);
   }
 
   async close(): Promise<void> {
+    await this.publisher.close();
+    this.ownedRouter?.close();
     await this.store.close();
     await this.ownedSql?.close();
   }

@@ -1,6 +1,6 @@
 import { migrate, type Migration, type Sql, type SqlExecutor } from "../../../lib/sql.js";
-import type { ConversationStore } from "./conversation-store.js";
-import type { Conversation, ConversationKind } from "./model.js";
+import type { ConversationStore, GroupTransaction, NewGroup } from "./conversation-store.js";
+import type { ChangeRecord, Conversation, ConversationKind, Member, MemberState, PendingChange, ReadCursor, Role } from "./model.js";
 
 const MIGRATIONS: Migration[] = [
   {
@@ -23,30 +23,112 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX conversation_members_by_user ON conversation_members (user_id, conversation_id);
     `,
   },
+  {
+    version: 2,
+    name: "groups, member state and settings, blocks, change outbox",
+    sql: `
+      ALTER TABLE conversations
+        ADD COLUMN name text NOT NULL DEFAULT '',
+        ADD COLUMN topic text NOT NULL DEFAULT '',
+        ADD COLUMN created_by uuid,
+        ADD COLUMN deleted_at timestamptz,
+        ADD COLUMN member_count integer NOT NULL DEFAULT 0;
+      UPDATE conversations c SET member_count =
+        (SELECT count(*) FROM conversation_members m WHERE m.conversation_id = c.conversation_id);
+      ALTER TABLE conversation_members
+        ADD COLUMN state text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'left')),
+        ADD COLUMN left_seq bigint,
+        ADD COLUMN read_seq bigint NOT NULL DEFAULT 0,
+        ADD COLUMN muted boolean NOT NULL DEFAULT false,
+        ADD CONSTRAINT conversation_members_role CHECK (role IN ('owner', 'admin', 'member'));
+      CREATE INDEX conversation_members_active ON conversation_members (conversation_id, user_id) WHERE state = 'active';
+      CREATE TABLE blocks (
+        blocker_id uuid NOT NULL,
+        blocked_id uuid NOT NULL,
+        created_at timestamptz NOT NULL,
+        PRIMARY KEY (blocker_id, blocked_id)
+      );
+      CREATE TABLE conversation_changes (
+        change_id uuid PRIMARY KEY,
+        position bigint GENERATED ALWAYS AS IDENTITY,
+        conversation_id uuid NOT NULL,
+        payload bytea NOT NULL,
+        created_at timestamptz NOT NULL,
+        published_at timestamptz,
+        seq bigint
+      );
+      CREATE INDEX conversation_changes_pending ON conversation_changes (conversation_id, position) WHERE published_at IS NULL;
+    `,
+  },
 ];
 
-interface Row {
+/** The columns of a Conversation, over `conversations c`. */
+const CONVERSATION = `
+  c.conversation_id, c.kind, c.created_at, c.version, c.name, c.topic, c.created_by::text AS created_by, c.member_count,
+  CASE WHEN c.kind = 'direct'
+    THEN ARRAY(SELECT d.user_id::text FROM conversation_members d WHERE d.conversation_id = c.conversation_id ORDER BY d.user_id)
+    ELSE '{}'::text[] END AS member_ids,
+  (c.kind = 'direct' AND EXISTS (
+    SELECT 1 FROM blocks b
+    JOIN conversation_members x ON x.conversation_id = c.conversation_id AND x.user_id = b.blocker_id
+    JOIN conversation_members y ON y.conversation_id = c.conversation_id AND y.user_id = b.blocked_id)) AS blocked`;
+
+/** The columns of a Member, over `conversation_members m`. */
+const MEMBER = `
+  m.user_id::text AS m_user_id, m.role AS m_role, m.state AS m_state, m.joined_at AS m_joined_at,
+  m.left_seq AS m_left_seq, m.read_seq AS m_read_seq, m.muted AS m_muted`;
+
+interface ConversationRow {
   conversation_id: string;
   kind: ConversationKind;
   created_at: Date;
   version: string | number;
+  name: string;
+  topic: string;
+  created_by: string | null;
+  member_count: number;
   member_ids: string[];
+  blocked: boolean;
 }
 
-const SELECT = `
-  SELECT c.conversation_id, c.kind, c.created_at, c.version,
-         array_agg(m.user_id::text ORDER BY m.user_id) AS member_ids
-  FROM conversations c JOIN conversation_members m USING (conversation_id)`;
+interface MemberRow {
+  m_user_id: string;
+  m_role: Role;
+  m_state: MemberState;
+  m_joined_at: Date;
+  m_left_seq: string | number | null;
+  m_read_seq: string | number;
+  m_muted: boolean;
+}
 
-function toConversation(r: Row): Conversation {
+function toConversation(r: ConversationRow): Conversation {
   return {
     conversationId: r.conversation_id,
     kind: r.kind,
     memberIds: r.member_ids,
     createdAtMs: r.created_at.getTime(),
     version: Number(r.version),
+    name: r.name,
+    topic: r.topic,
+    createdBy: r.created_by ?? "",
+    memberCount: Number(r.member_count),
+    blockedUserIds: r.blocked ? r.member_ids : [],
   };
 }
+
+function toMember(r: MemberRow): Member {
+  return {
+    userId: r.m_user_id,
+    role: r.m_role,
+    state: r.m_state,
+    joinedAtMs: r.m_joined_at.getTime(),
+    leftSeq: r.m_left_seq === null ? 0 : Number(r.m_left_seq),
+    readSeq: Number(r.m_read_seq),
+    muted: r.m_muted,
+  };
+}
+
+const bytes = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
 /** Conversations over the Sql port: PGlite embedded, the same SQL on Postgres. */
 export class SqlConversationStore implements ConversationStore {
@@ -58,9 +140,16 @@ export class SqlConversationStore implements ConversationStore {
   }
 
   async getOrCreateDirect(conversationId: string, userA: string, userB: string, createdAtMs: number) {
-    return this.sql.transaction(async (tx) => {
+    return this.sql.transaction(async (tx): Promise<{ conversation: Conversation; created: boolean } | { blocked: true }> => {
+      const existing = await selectConversation(tx, conversationId);
+      if (existing) return { conversation: existing, created: false };
+      const blocks = await tx.query(
+        `SELECT 1 FROM blocks WHERE (blocker_id = $1 AND blocked_id = $2) OR (blocker_id = $2 AND blocked_id = $1)`,
+        [userA, userB],
+      );
+      if (blocks.length > 0) return { blocked: true };
       const inserted = await tx.query(
-        `INSERT INTO conversations (conversation_id, kind, created_at) VALUES ($1, 'direct', $2)
+        `INSERT INTO conversations (conversation_id, kind, created_at, member_count) VALUES ($1, 'direct', $2, 2)
          ON CONFLICT (conversation_id) DO NOTHING RETURNING conversation_id`,
         [conversationId, new Date(createdAtMs)],
       );
@@ -71,30 +160,318 @@ export class SqlConversationStore implements ConversationStore {
           [conversationId, userA, userB, new Date(createdAtMs)],
         );
       }
-      const conversation = await selectOne(tx, conversationId);
+      const conversation = await selectConversation(tx, conversationId);
       if (!conversation) throw new Error(`conversation ${conversationId} vanished inside its transaction`);
       return { conversation, created };
     });
   }
 
   get(conversationId: string): Promise<Conversation | undefined> {
-    return selectOne(this.sql, conversationId);
+    return selectConversation(this.sql, conversationId);
   }
 
-  async listForUser(userId: string, limit: number): Promise<Conversation[]> {
-    const rows = await this.sql.query<Row>(
-      `${SELECT}
-       WHERE c.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = $1)
-       GROUP BY c.conversation_id ORDER BY c.created_at DESC, c.conversation_id LIMIT $2`,
+  async checkMembers(conversationId: string, userIds: readonly string[]) {
+    const rows = await this.sql.query<ConversationRow & { allowed: string[] }>(
+      `SELECT ${CONVERSATION},
+         ARRAY(SELECT m.user_id::text FROM conversation_members m
+               WHERE m.conversation_id = c.conversation_id AND m.state = 'active' AND m.user_id = ANY($2::uuid[])
+               ORDER BY m.user_id) AS allowed
+       FROM conversations c WHERE c.conversation_id = $1 AND c.deleted_at IS NULL`,
+      [conversationId, userIds],
+    );
+    const r = rows[0];
+    if (!r) return undefined;
+    return { conversation: toConversation(r), allowed: r.blocked ? [] : r.allowed };
+  }
+
+  async getMembership(conversationId: string, userId: string) {
+    const rows = await this.sql.query<ConversationRow & MemberRow>(
+      `SELECT ${CONVERSATION}, ${MEMBER}
+       FROM conversations c JOIN conversation_members m ON m.conversation_id = c.conversation_id
+       WHERE c.conversation_id = $1 AND m.user_id = $2 AND c.deleted_at IS NULL`,
+      [conversationId, userId],
+    );
+    const r = rows[0];
+    return r && { conversation: toConversation(r), member: toMember(r) };
+  }
+
+  async listForUser(userId: string, limit: number) {
+    const rows = await this.sql.query<ConversationRow & MemberRow>(
+      `SELECT ${CONVERSATION}, ${MEMBER}
+       FROM conversation_members m JOIN conversations c ON c.conversation_id = m.conversation_id
+       WHERE m.user_id = $1 AND c.deleted_at IS NULL
+       ORDER BY c.created_at DESC, c.conversation_id LIMIT $2`,
       [userId, limit],
     );
-    return rows.map(toConversation);
+    return rows.map((r) => ({ conversation: toConversation(r), member: toMember(r) }));
+  }
+
+  async listUserGroupIds(userIds: readonly string[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>(userIds.map((u) => [u, []]));
+    if (userIds.length === 0) return out;
+    const rows = await this.sql.query<{ user_id: string; ids: string[] }>(
+      `SELECT m.user_id::text AS user_id, array_agg(m.conversation_id::text ORDER BY m.conversation_id) AS ids
+       FROM conversation_members m JOIN conversations c ON c.conversation_id = m.conversation_id
+       WHERE m.user_id = ANY($1::uuid[]) AND m.state = 'active' AND c.kind = 'group' AND c.deleted_at IS NULL
+       GROUP BY m.user_id`,
+      [userIds],
+    );
+    for (const r of rows) out.set(r.user_id, r.ids);
+    return out;
+  }
+
+  async listMembers(conversationId: string, afterUserId: string, limit: number): Promise<Member[]> {
+    const rows = afterUserId
+      ? await this.sql.query<MemberRow>(
+          `SELECT ${MEMBER} FROM conversation_members m
+           WHERE m.conversation_id = $1 AND m.state = 'active' AND m.user_id > $2 ORDER BY m.user_id LIMIT $3`,
+          [conversationId, afterUserId, limit],
+        )
+      : await this.sql.query<MemberRow>(
+          `SELECT ${MEMBER} FROM conversation_members m
+           WHERE m.conversation_id = $1 AND m.state = 'active' ORDER BY m.user_id LIMIT $2`,
+          [conversationId, limit],
+        );
+    return rows.map(toMember);
+  }
+
+  async createGroup(group: NewGroup, change: ChangeRecord): Promise<Conversation> {
+    return this.sql.transaction(async (tx) => {
+      const at = new Date(group.atMs);
+      await tx.query(
+        `INSERT INTO conversations (conversation_id, kind, created_at, name, topic, created_by, member_count)
+         VALUES ($1, 'group', $2, $3, $4, $5, $6)`,
+        [group.conversationId, at, group.name, group.topic, group.createdBy, group.memberIds.length + 1],
+      );
+      await tx.query(
+        `INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+         VALUES ($1, $2, 'owner', $3)`,
+        [group.conversationId, group.createdBy, at],
+      );
+      if (group.memberIds.length > 0) {
+        await tx.query(
+          `INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+           SELECT $1, u, 'member', $3 FROM unnest($2::uuid[]) AS u`,
+          [group.conversationId, group.memberIds, at],
+        );
+      }
+      await insertChange(tx, group.conversationId, change);
+      const conversation = await selectConversation(tx, group.conversationId);
+      if (!conversation) throw new Error(`group ${group.conversationId} vanished inside its transaction`);
+      return conversation;
+    });
+  }
+
+  mutateGroup<T>(conversationId: string, fn: (tx: GroupTransaction) => Promise<T>): Promise<T> {
+    return this.sql.transaction(async (tx) => {
+      const locked = await tx.query(
+        `SELECT 1 FROM conversations WHERE conversation_id = $1 AND deleted_at IS NULL FOR UPDATE`,
+        [conversationId],
+      );
+      const conversation = locked.length > 0 ? await selectConversation(tx, conversationId) : undefined;
+      return fn(new SqlGroupTransaction(tx, conversationId, conversation));
+    });
+  }
+
+  async setMuted(conversationId: string, userId: string, muted: boolean): Promise<boolean> {
+    const rows = await this.sql.query(
+      `UPDATE conversation_members m SET muted = $3
+       FROM conversations c
+       WHERE m.conversation_id = $1 AND m.user_id = $2 AND c.conversation_id = m.conversation_id AND c.deleted_at IS NULL
+       RETURNING 1`,
+      [conversationId, userId, muted],
+    );
+    return rows.length > 0;
+  }
+
+  async advanceReadCursors(cursors: readonly ReadCursor[]): Promise<void> {
+    if (cursors.length === 0) return;
+    await this.sql.query(
+      `UPDATE conversation_members m SET read_seq = GREATEST(m.read_seq, v.seq)
+       FROM (SELECT t.user_id, t.conversation_id, max(t.seq) AS seq
+             FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t (user_id, conversation_id, seq)
+             GROUP BY t.user_id, t.conversation_id) AS v
+       WHERE m.user_id = v.user_id AND m.conversation_id = v.conversation_id AND m.read_seq < v.seq`,
+      [cursors.map((c) => c.userId), cursors.map((c) => c.conversationId), cursors.map((c) => String(c.seq))],
+    );
+  }
+
+  block(blockerId: string, blockedId: string, directConversationId: string, change: ChangeRecord): Promise<boolean> {
+    return this.sql.transaction(async (tx) => {
+      const inserted = await tx.query(
+        `INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (blocker_id, blocked_id) DO NOTHING RETURNING 1`,
+        [blockerId, blockedId, new Date(change.atMs)],
+      );
+      if (inserted.length === 0) return false;
+      await bumpVersion(tx, directConversationId);
+      await insertChange(tx, directConversationId, change);
+      return true;
+    });
+  }
+
+  unblock(blockerId: string, blockedId: string, directConversationId: string, change: ChangeRecord): Promise<boolean> {
+    return this.sql.transaction(async (tx) => {
+      const deleted = await tx.query(`DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2 RETURNING 1`, [
+        blockerId,
+        blockedId,
+      ]);
+      if (deleted.length === 0) return false;
+      await bumpVersion(tx, directConversationId);
+      await insertChange(tx, directConversationId, change);
+      return true;
+    });
+  }
+
+  async listBlocked(blockerId: string): Promise<string[]> {
+    const rows = await this.sql.query<{ blocked_id: string }>(
+      `SELECT blocked_id::text AS blocked_id FROM blocks WHERE blocker_id = $1 ORDER BY blocked_id`,
+      [blockerId],
+    );
+    return rows.map((r) => r.blocked_id);
+  }
+
+  async pendingChanges(conversationId: string, limit: number): Promise<PendingChange[]> {
+    const rows = await this.sql.query<{ change_id: string; conversation_id: string; payload: Uint8Array }>(
+      `SELECT change_id::text AS change_id, conversation_id::text AS conversation_id, payload
+       FROM conversation_changes WHERE conversation_id = $1 AND published_at IS NULL
+       ORDER BY position LIMIT $2`,
+      [conversationId, limit],
+    );
+    return rows.map((r) => ({ changeId: r.change_id, conversationId: r.conversation_id, payload: r.payload }));
+  }
+
+  async conversationsWithPendingChanges(limit: number): Promise<string[]> {
+    const rows = await this.sql.query<{ conversation_id: string }>(
+      `SELECT conversation_id::text AS conversation_id FROM conversation_changes WHERE published_at IS NULL
+       GROUP BY conversation_id ORDER BY min(position) LIMIT $1`,
+      [limit],
+    );
+    return rows.map((r) => r.conversation_id);
+  }
+
+  markPublished(conversationId: string, changeId: string, seq: number, leftUserIds: readonly string[] | "all", atMs: number) {
+    return this.sql.transaction(async (tx) => {
+      await tx.query(
+        `UPDATE conversation_changes SET published_at = $2, seq = $3 WHERE change_id = $1 AND published_at IS NULL`,
+        [changeId, new Date(atMs), seq],
+      );
+      if (seq <= 0) return;
+      if (leftUserIds === "all") {
+        await tx.query(
+          `UPDATE conversation_members SET left_seq = $2
+           WHERE conversation_id = $1 AND state = 'left' AND left_seq IS NULL`,
+          [conversationId, seq],
+        );
+      } else if (leftUserIds.length > 0) {
+        await tx.query(
+          `UPDATE conversation_members SET left_seq = $2
+           WHERE conversation_id = $1 AND user_id = ANY($3::uuid[]) AND state = 'left' AND left_seq IS NULL`,
+          [conversationId, seq, leftUserIds],
+        );
+      }
+    });
   }
 
   async close(): Promise<void> {}
 }
 
-async function selectOne(q: SqlExecutor, conversationId: string): Promise<Conversation | undefined> {
-  const rows = await q.query<Row>(`${SELECT} WHERE c.conversation_id = $1 GROUP BY c.conversation_id`, [conversationId]);
+class SqlGroupTransaction implements GroupTransaction {
+  constructor(
+    private readonly tx: SqlExecutor,
+    private readonly conversationId: string,
+    readonly conversation: Conversation | undefined,
+  ) {}
+
+  async members(userIds: readonly string[]): Promise<Member[]> {
+    if (userIds.length === 0) return [];
+    const rows = await this.tx.query<MemberRow>(
+      `SELECT ${MEMBER} FROM conversation_members m WHERE m.conversation_id = $1 AND m.user_id = ANY($2::uuid[])`,
+      [this.conversationId, userIds],
+    );
+    return rows.map(toMember);
+  }
+
+  async addMembers(userIds: readonly string[], atMs: number): Promise<void> {
+    await this.tx.query(
+      `WITH added AS (
+         INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+         SELECT $1, u, 'member', $3 FROM unnest($2::uuid[]) AS u
+         ON CONFLICT (conversation_id, user_id) DO UPDATE
+           SET state = 'active', role = 'member', joined_at = EXCLUDED.joined_at, left_seq = NULL
+           WHERE conversation_members.state = 'left'
+         RETURNING 1)
+       UPDATE conversations SET member_count = member_count + (SELECT count(*) FROM added) WHERE conversation_id = $1`,
+      [this.conversationId, userIds, new Date(atMs)],
+    );
+  }
+
+  async leave(userIds: readonly string[]): Promise<void> {
+    await this.tx.query(
+      `WITH gone AS (
+         UPDATE conversation_members SET state = 'left', left_seq = NULL
+         WHERE conversation_id = $1 AND user_id = ANY($2::uuid[]) AND state = 'active'
+         RETURNING 1)
+       UPDATE conversations SET member_count = member_count - (SELECT count(*) FROM gone) WHERE conversation_id = $1`,
+      [this.conversationId, userIds],
+    );
+  }
+
+  async setRole(userId: string, role: Role): Promise<void> {
+    await this.tx.query(`UPDATE conversation_members SET role = $3 WHERE conversation_id = $1 AND user_id = $2`, [
+      this.conversationId,
+      userId,
+      role,
+    ]);
+  }
+
+  async update(fields: { name?: string; topic?: string }): Promise<void> {
+    await this.tx.query(
+      `UPDATE conversations SET name = COALESCE($2, name), topic = COALESCE($3, topic) WHERE conversation_id = $1`,
+      [this.conversationId, fields.name ?? null, fields.topic ?? null],
+    );
+  }
+
+  async markDeleted(atMs: number): Promise<void> {
+    await this.tx.query(
+      `UPDATE conversation_members SET state = 'left', left_seq = NULL WHERE conversation_id = $1 AND state = 'active'`,
+      [this.conversationId],
+    );
+    await this.tx.query(`UPDATE conversations SET deleted_at = $2, member_count = 0 WHERE conversation_id = $1`, [
+      this.conversationId,
+      new Date(atMs),
+    ]);
+  }
+
+  async recordChange(change: ChangeRecord): Promise<void> {
+    await bumpVersion(this.tx, this.conversationId);
+    await insertChange(this.tx, this.conversationId, change);
+  }
+
+  async current(): Promise<Conversation> {
+    const rows = await this.tx.query<ConversationRow>(`SELECT ${CONVERSATION} FROM conversations c WHERE c.conversation_id = $1`, [
+      this.conversationId,
+    ]);
+    if (!rows[0]) throw new Error(`conversation ${this.conversationId} vanished inside its transaction`);
+    return toConversation(rows[0]);
+  }
+}
+
+async function selectConversation(q: SqlExecutor, conversationId: string): Promise<Conversation | undefined> {
+  const rows = await q.query<ConversationRow>(
+    `SELECT ${CONVERSATION} FROM conversations c WHERE c.conversation_id = $1 AND c.deleted_at IS NULL`,
+    [conversationId],
+  );
   return rows[0] && toConversation(rows[0]);
+}
+
+async function bumpVersion(tx: SqlExecutor, conversationId: string): Promise<void> {
+  await tx.query(`UPDATE conversations SET version = version + 1 WHERE conversation_id = $1`, [conversationId]);
+}
+
+async function insertChange(tx: SqlExecutor, conversationId: string, change: ChangeRecord): Promise<void> {
+  await tx.query(
+    `INSERT INTO conversation_changes (change_id, conversation_id, payload, created_at) VALUES ($1, $2, $3, $4)`,
+    [change.changeId, conversationId, bytes(change.payload), new Date(change.atMs)],
+  );
 }

@@ -1,7 +1,16 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { ConversationKind, ConversationSchema, type Conversation as ConversationPb } from "../../../gen/parley/groups/v1/groups_service_pb.js";
-import type { Conversation } from "./model.js";
+import {
+  ConversationKind,
+  ConversationSchema,
+  MemberSchema,
+  MemberState,
+  Role as RolePb,
+  type Conversation as ConversationPb,
+  type Member as MemberPb,
+} from "../../../gen/parley/groups/v1/groups_service_pb.js";
+import { Role as ClientRolePb } from "../../../gen/parley/client/v1/types_pb.js";
+import type { Conversation, Member, Role } from "./model.js";
 
 export function conversationToProto(c: Conversation): ConversationPb {
   return create(ConversationSchema, {
@@ -10,5 +19,45 @@ export function conversationToProto(c: Conversation): ConversationPb {
     memberIds: c.memberIds,
     createdAt: timestampFromMs(c.createdAtMs),
     version: BigInt(c.version),
+    name: c.name,
+    topic: c.topic,
+    createdBy: c.createdBy,
+    memberCount: c.memberCount,
+    blockedUserIds: c.blockedUserIds,
   });
+}
+
+export function memberToProto(m: Member): MemberPb {
+  return create(MemberSchema, {
+    userId: m.userId,
+    role: roleToProto(m.role),
+    state: m.state === "active" ? MemberState.ACTIVE : MemberState.LEFT,
+    joinedAt: timestampFromMs(m.joinedAtMs),
+    leftSeq: BigInt(m.leftSeq),
+    readSeq: BigInt(m.readSeq),
+    muted: m.muted,
+  });
+}
+
+export function roleToProto(r: Role): RolePb {
+  return r === "owner" ? RolePb.OWNER : r === "admin" ? RolePb.ADMIN : RolePb.MEMBER;
+}
+
+/** The same role in the public API's enum (events carry it). */
+export function roleToClientProto(r: Role): ClientRolePb {
+  return r === "owner" ? ClientRolePb.OWNER : r === "admin" ? ClientRolePb.ADMIN : ClientRolePb.MEMBER;
+}
+
+/** Undefined for ROLE_UNSPECIFIED and unknown values. */
+export function roleFromProto(r: RolePb): Role | undefined {
+  switch (r) {
+    case RolePb.OWNER:
+      return "owner";
+    case RolePb.ADMIN:
+      return "admin";
+    case RolePb.MEMBER:
+      return "member";
+    default:
+      return undefined;
+  }
 }

@@ -11,8 +11,8 @@ await runServiceProcess({
   port: cfg.port,
   logLevel: cfg.logLevel,
   services: [GroupsService],
-  async start(logger) {
-    const ctx = await GroupsContext.fromConfig(cfg, { logger });
+  async start(logger, discovery) {
+    const ctx = await GroupsContext.fromConfig(cfg, { logger, discovery });
     return { routes: groupsRoutes(ctx), close: () => ctx.close() };
   },
 }, process.env);

@@ -11,6 +11,11 @@
  *                       the allocation point of sequence numbers.
  *   schema_version      the applied schema version and the bucket size the data was written with.
  *
+ * Schema versions: 1 the tables above; 2 adds `messages.event` (blob: an encoded client
+ * ConversationEvent of event messages; `sender_device_id` is then null when the event has
+ * no sender device). A keyspace of version 1 is upgraded at start (`ALTER TABLE ... ADD`,
+ * guarded by system_schema.columns, so instances starting together do no harm).
+ *
  * Sequence allocation: a conditional write (Paxos lightweight transaction) on the head,
  * one per batch, not one per message. A batch of seqs e+1..n (the sequencer chose them
  * from lastSeq = e) is reserved by `UPDATE conversation_heads SET last_seq = n, pending = <batch>
@@ -76,12 +81,12 @@
  */
 import cassandra from "cassandra-driver";
 import { SeqConflictError, StoreUnavailableError } from "./errors.js";
-import type { ConversationHead, IdempotencyKey, MessageRepository, StoredMessage } from "./message-repository.js";
+import { plainBytes, type ConversationHead, type IdempotencyKey, type MessageRepository, type StoredMessage } from "./message-repository.js";
 
 const { consistencies } = cassandra.types;
 
 /** The schema version this code writes; a newer one in the keyspace refuses to start. */
-export const CASSANDRA_SCHEMA_VERSION = 1;
+export const CASSANDRA_SCHEMA_VERSION = 2;
 export const DEFAULT_BUCKET_SIZE = 10_000;
 
 export interface CassandraMessageRepositoryOptions {
@@ -129,7 +134,17 @@ interface PendingBatch {
   ts: number;
   m: PendingMessage[];
 }
-type PendingMessage = [seq: number, messageId: string, senderId: string, senderDeviceId: string, clientMsgId: string, body: string, sentAtMs: number];
+/** `event` is base64 (left out for chat messages, and in batches written by schema version 1 code). */
+type PendingMessage = [
+  seq: number,
+  messageId: string,
+  senderId: string,
+  senderDeviceId: string,
+  clientMsgId: string,
+  body: string,
+  sentAtMs: number,
+  event?: string,
+];
 
 const KEYSPACE_NAME = /^[a-z][a-z0-9_]{0,47}$/;
 const DEFAULT_REPLICATION = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
@@ -160,7 +175,7 @@ export function schemaStatements(keyspace: string, replication = DEFAULT_REPLICA
     `CREATE TABLE IF NOT EXISTS ${ks}.messages (
        conversation_id uuid, bucket bigint, seq bigint,
        message_id uuid, sender_id uuid, sender_device_id uuid, client_msg_id uuid,
-       body text, sent_at timestamp,
+       body text, sent_at timestamp, event blob,
        PRIMARY KEY ((conversation_id, bucket), seq)
      ) WITH CLUSTERING ORDER BY (seq DESC)`,
     `CREATE TABLE IF NOT EXISTS ${ks}.message_keys (
@@ -173,22 +188,57 @@ export function schemaStatements(keyspace: string, replication = DEFAULT_REPLICA
 
 type Row = cassandra.types.Row;
 
+/** The columns of a message row, as `toMessage` reads them. */
+const MESSAGE_COLUMNS = "seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at, event";
+
 function toMessage(conversationId: string, r: Row): StoredMessage {
-  return {
+  const m: StoredMessage = {
     conversationId,
     seq: Number(r.get("seq")),
     messageId: r.get("message_id").toString(),
     senderId: r.get("sender_id").toString(),
-    senderDeviceId: r.get("sender_device_id").toString(),
+    senderDeviceId: r.get("sender_device_id")?.toString() ?? "",
     clientMsgId: r.get("client_msg_id").toString(),
-    body: r.get("body"),
+    body: r.get("body") ?? "",
     sentAtMs: (r.get("sent_at") as Date).getTime(),
   };
+  const event = r.get("event") as Buffer | null;
+  if (event && event.length > 0) m.event = plainBytes(event);
+  return m;
+}
+
+function toPending(m: StoredMessage): PendingMessage {
+  const p: PendingMessage = [m.seq, m.messageId, m.senderId, m.senderDeviceId, m.clientMsgId, m.body, m.sentAtMs];
+  if (m.event && m.event.length > 0) p.push(Buffer.from(m.event.buffer, m.event.byteOffset, m.event.byteLength).toString("base64"));
+  return p;
 }
 
 function fromPending(conversationId: string, p: PendingMessage): StoredMessage {
-  const [seq, messageId, senderId, senderDeviceId, clientMsgId, body, sentAtMs] = p;
-  return { conversationId, seq, messageId, senderId, senderDeviceId, clientMsgId, body, sentAtMs };
+  const [seq, messageId, senderId, senderDeviceId, clientMsgId, body, sentAtMs, event] = p;
+  const m: StoredMessage = { conversationId, seq, messageId, senderId, senderDeviceId, clientMsgId, body, sentAtMs };
+  if (event) m.event = plainBytes(Buffer.from(event, "base64"));
+  return m;
+}
+
+/**
+ * Adds `messages.event` to a keyspace created by schema version 1 (idempotent). Two
+ * instances may both find the column missing: the loser's ALTER fails because the column
+ * exists, which the second look settles.
+ */
+async function addEventColumn(client: cassandra.Client, ks: string): Promise<void> {
+  const hasColumn = async () =>
+    (
+      await client.execute(
+        "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = 'messages' AND column_name = 'event'",
+        [ks],
+      )
+    ).rowLength > 0;
+  if (await hasColumn()) return;
+  try {
+    await client.execute(`ALTER TABLE ${ks}.messages ADD event blob`);
+  } catch (err) {
+    if (!(await hasColumn())) throw err;
+  }
 }
 
 /** Runs `fn` over `items` with at most `limit` calls in flight. */
@@ -251,6 +301,7 @@ export class CassandraMessageRepository implements MessageRepository {
       await client.connect();
       const ks = opts.keyspace;
       for (const stmt of schemaStatements(ks, opts.replication)) await client.execute(stmt);
+      await addEventColumn(client, ks);
       const found = await client.execute(`SELECT version, bucket_size FROM ${ks}.schema_version WHERE component = 'messagestore'`, [], {
         consistency: consistencies.quorum,
       });
@@ -266,13 +317,19 @@ export class CassandraMessageRepository implements MessageRepository {
           throw new Error(`cassandra keyspace ${ks} was written with bucket size ${bucketSize}, not ${opts.bucketSize}`);
         }
       }
-      if (!row || Number(row.get("version")) < CASSANDRA_SCHEMA_VERSION) {
+      if (!row) {
         // IF NOT EXISTS: instances starting together agree on one bucket size.
         const r = await client.execute(
           `INSERT INTO ${ks}.schema_version (component, version, bucket_size, applied_at) VALUES ('messagestore', ?, ?, toTimestamp(now())) IF NOT EXISTS`,
           [CASSANDRA_SCHEMA_VERSION, bucketSize],
         );
         if (!r.wasApplied()) bucketSize = Number(r.first().get("bucket_size"));
+      } else if (Number(row.get("version")) < CASSANDRA_SCHEMA_VERSION) {
+        // The upgrade above is done: record it (conditional, so the version never goes back).
+        await client.execute(
+          `UPDATE ${ks}.schema_version SET version = ?, applied_at = toTimestamp(now()) WHERE component = 'messagestore' IF version < ?`,
+          [CASSANDRA_SCHEMA_VERSION, CASSANDRA_SCHEMA_VERSION],
+        );
       }
       return new CassandraMessageRepository(client, opts, bucketSize);
     } catch (err) {
@@ -344,7 +401,9 @@ export class CassandraMessageRepository implements MessageRepository {
       if (list) list.push(m);
       else byBucket.set(b, [m]);
     }
-    const insertMessage = `INSERT INTO ${this.ks}.messages (conversation_id, bucket, seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+    const insertMessage = `INSERT INTO ${this.ks}.messages (conversation_id, bucket, seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+    // Absent values are left unset (no tombstone); the row is new, so unset reads as null.
+    const unset = cassandra.types.unset;
     const insertKey =
       `INSERT INTO ${this.ks}.message_keys (conversation_id, sender_id, client_msg_id, seq) VALUES (?, ?, ?, ?)` +
       (this.ttl > 0 ? ` USING TTL ${this.ttl}` : "");
@@ -357,7 +416,18 @@ export class CassandraMessageRepository implements MessageRepository {
         this.client.batch(
           list.map((m) => ({
             query: insertMessage,
-            params: [conversationId, BigInt(bucket), BigInt(m.seq), m.messageId, m.senderId, m.senderDeviceId, m.clientMsgId, m.body, new Date(m.sentAtMs)],
+            params: [
+              conversationId,
+              BigInt(bucket),
+              BigInt(m.seq),
+              m.messageId,
+              m.senderId,
+              m.senderDeviceId === "" ? unset : m.senderDeviceId,
+              m.clientMsgId,
+              m.body,
+              new Date(m.sentAtMs),
+              m.event && m.event.length > 0 ? Buffer.from(m.event.buffer, m.event.byteOffset, m.event.byteLength) : unset,
+            ],
           })),
           options,
         ),
@@ -407,7 +477,7 @@ export class CassandraMessageRepository implements MessageRepository {
     await Promise.all(
       [...byBucket].map(async ([bucket, list]) => {
         const rs = await this.run(
-          `SELECT seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at FROM ${this.ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq IN ?`,
+          `SELECT ${MESSAGE_COLUMNS} FROM ${this.ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq IN ?`,
           [conversationId, BigInt(bucket), list.map(BigInt)],
         );
         for (const r of rs.rows) out.push(toMessage(conversationId, r));
@@ -458,7 +528,7 @@ export class CassandraMessageRepository implements MessageRepository {
     const ts = this.nextTs();
     const pending: PendingBatch = {
       ts,
-      m: batch.map((m) => [m.seq, m.messageId, m.senderId, m.senderDeviceId, m.clientMsgId, m.body, m.sentAtMs]),
+      m: batch.map(toPending),
     };
     const pendingJson = JSON.stringify(pending);
     const lastSentAt = new Date(last.sentAtMs);
@@ -500,12 +570,17 @@ export class CassandraMessageRepository implements MessageRepository {
     if (!head) return [];
     let top = Number(head.get("last_seq"));
     if (beforeSeq > 0) top = Math.min(top, beforeSeq - 1);
+    return this.historyFrom(conversationId, top, limit);
+  }
+
+  /** Up to `limit` messages with seq <= top, newest first. */
+  private async historyFrom(conversationId: string, top: number, limit: number): Promise<StoredMessage[]> {
     const out: StoredMessage[] = [];
     // Newest bucket first; a bucket may hold fewer rows than its range (an unrepaired
     // reservation), so keep walking down until the limit is met or bucket 0 is read.
     for (let b = this.bucket(top); b >= 0 && top > 0 && out.length < limit; b--) {
       const rs = await this.run(
-        `SELECT seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at FROM ${this.ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq <= ? LIMIT ?`,
+        `SELECT ${MESSAGE_COLUMNS} FROM ${this.ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq <= ? LIMIT ?`,
         [conversationId, BigInt(b), BigInt(top), limit - out.length],
       );
       for (const r of rs.rows) out.push(toMessage(conversationId, r));
@@ -513,7 +588,7 @@ export class CassandraMessageRepository implements MessageRepository {
     return out;
   }
 
-  async heads(conversationIds: readonly string[]): Promise<ConversationHead[]> {
+  async heads(conversationIds: readonly string[], withLastMessage = false): Promise<ConversationHead[]> {
     const ids = [...new Set(conversationIds)];
     const out: ConversationHead[] = [];
     // Concurrent single-partition reads (bounded) rather than one IN over many partitions,
@@ -521,7 +596,15 @@ export class CassandraMessageRepository implements MessageRepository {
     await eachLimited(ids, 32, async (id) => {
       const head = await this.readHead(id, false);
       const lastSeq = head ? Number(head.get("last_seq")) : 0;
-      if (lastSeq > 0) out.push({ conversationId: id, lastSeq, lastSentAtMs: (head!.get("last_sent_at") as Date).getTime() });
+      if (lastSeq === 0) return;
+      const h: ConversationHead = { conversationId: id, lastSeq, lastSentAtMs: (head!.get("last_sent_at") as Date).getTime() };
+      if (withLastMessage) {
+        // The history read with limit 1 from the head. While a reserved batch is being
+        // written this is the newest written message (a lower seq), or none.
+        const [last] = await this.historyFrom(id, lastSeq, 1);
+        if (last) h.lastMessage = last;
+      }
+      out.push(h);
     });
     return out;
   }

@@ -1,7 +1,12 @@
 /**
  * The message repository port: durable, per-conversation message logs, shaped for a
  * wide-column store (partitioned by conversation, clustered by seq). Adapters:
- * message-repository-sql.ts (PGlite / Postgres); a Cassandra adapter comes later.
+ * message-repository-sql.ts (PGlite / Postgres) and message-repository-cassandra.ts.
+ *
+ * A message is a chat message (a body of 1..4,000 characters) or an event message (an
+ * encoded client ConversationEvent in `event`, opaque here; the body may be empty and
+ * the sender device may be unknown, ""). The service validates that; adapters store
+ * whatever they are given.
  */
 
 export interface StoredMessage {
@@ -11,11 +16,18 @@ export interface StoredMessage {
   /** UUIDv7, globally unique. */
   messageId: string;
   senderId: string;
+  /** "" when the message has no sender device (event messages). */
   senderDeviceId: string;
   /** The sender's idempotency key: (conversationId, senderId, clientMsgId) is unique. */
   clientMsgId: string;
   body: string;
   sentAtMs: number;
+  /**
+   * Event messages only: an encoded parley.client.v1.ConversationEvent (non-empty).
+   * Absent (the key left out, never undefined or empty) on chat messages, so adapters
+   * return objects equal to the ones stored.
+   */
+  event?: Uint8Array;
 }
 
 export interface IdempotencyKey {
@@ -27,6 +39,11 @@ export interface ConversationHead {
   conversationId: string;
   lastSeq: number;
   lastSentAtMs: number;
+  /**
+   * The newest stored message, only when asked for (`heads(ids, true)`). Its seq may be
+   * below lastSeq while a batch is being written (Cassandra reserves seqs first).
+   */
+  lastMessage?: StoredMessage;
 }
 
 export interface MessageRepository {
@@ -42,12 +59,20 @@ export interface MessageRepository {
   insert(conversationId: string, messages: readonly StoredMessage[]): Promise<void>;
   /** Up to `limit` messages with seq < beforeSeq (0 = from the newest), newest first. */
   history(conversationId: string, beforeSeq: number, limit: number): Promise<StoredMessage[]>;
-  /** The newest message of each conversation that has one (any order; empty ones are left out). */
-  heads(conversationIds: readonly string[]): Promise<ConversationHead[]>;
+  /**
+   * The head of each conversation that has a message (any order; empty ones are left
+   * out), with its newest message when `withLastMessage` is true.
+   */
+  heads(conversationIds: readonly string[], withLastMessage?: boolean): Promise<ConversationHead[]>;
   close?(): Promise<void>;
 }
 
 /** The map key of an idempotency key (UUIDs contain no "/"). */
 export function idempotencyKey(senderId: string, clientMsgId: string): string {
   return `${senderId}/${clientMsgId}`;
+}
+
+/** A plain Uint8Array copy of the bytes a driver returned (pg and cassandra-driver give Buffers). */
+export function plainBytes(b: Uint8Array): Uint8Array {
+  return new Uint8Array(b);
 }

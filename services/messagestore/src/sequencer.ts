@@ -9,6 +9,8 @@ export interface AppendInput {
   senderDeviceId: string;
   clientMsgId: string;
   body: string;
+  /** Event messages: the encoded event (non-empty), stored as given. */
+  event?: Uint8Array;
 }
 
 export interface AppendResult {
@@ -24,6 +26,12 @@ export interface SequencerOptions {
   logger?: Logger;
   /** Most appends written in one repository insert. */
   maxBatch?: number;
+  /**
+   * Most body and event bytes (roughly) in one insert; a single larger append still goes
+   * alone. Keeps a batch (and Cassandra's copy of it in the head row) well below the
+   * store's mutation size limit when event messages are large. Default 2 MiB.
+   */
+  maxBatchBytes?: number;
   /** Insert attempts of one batch that lose a race before it fails with AppendContentionError. */
   maxAttempts?: number;
   /** Idle conversation logs kept in memory (least recently used ones are dropped). */
@@ -37,6 +45,11 @@ interface Pending {
   key: string;
   resolve(r: AppendResult): void;
   reject(err: Error): void;
+}
+
+/** Memory (and, within a factor, storage) taken by a message's body and event. */
+function messageBytes(m: { body: string; event?: Uint8Array }): number {
+  return 2 * m.body.length + (m.event?.length ?? 0);
 }
 
 /** One conversation's write state in this instance. */
@@ -71,7 +84,7 @@ class RecentMessages {
   add(m: StoredMessage): void {
     const k = `${m.conversationId}/${idempotencyKey(m.senderId, m.clientMsgId)}`;
     if (this.entries.has(k)) return;
-    const cost = 2 * m.body.length + 400; // UTF-16 body plus the object and its id strings, roughly
+    const cost = messageBytes(m) + 400; // the object and its id strings, roughly
     if (cost > this.budget) return;
     this.entries.set(k, { message: m, cost });
     this.bytes += cost;
@@ -99,6 +112,7 @@ export class Sequencer {
   private readonly ids: UuidV7Generator;
   private readonly logger: Logger | undefined;
   private readonly maxBatch: number;
+  private readonly maxBatchBytes: number;
   private readonly maxAttempts: number;
   private readonly maxCachedLogs: number;
   private readonly recent: RecentMessages;
@@ -113,10 +127,11 @@ export class Sequencer {
     this.ids = new UuidV7Generator(this.clock);
     this.logger = opts.logger;
     this.maxBatch = opts.maxBatch ?? 256;
+    this.maxBatchBytes = opts.maxBatchBytes ?? 2 * 1024 * 1024;
     this.maxAttempts = opts.maxAttempts ?? 10;
     this.maxCachedLogs = opts.maxCachedLogs ?? 100_000;
     this.recent = new RecentMessages(opts.recentCacheBytes ?? 64 * 1024 * 1024);
-    if (this.maxBatch < 1 || this.maxAttempts < 1 || this.maxCachedLogs < 1) throw new RangeError("sequencer limits must be >= 1");
+    if (this.maxBatch < 1 || this.maxBatchBytes < 1 || this.maxAttempts < 1 || this.maxCachedLogs < 1) throw new RangeError("sequencer limits must be >= 1");
   }
 
   /** Conversation logs held in memory (for tests and metrics). */
@@ -183,11 +198,24 @@ export class Sequencer {
             continue;
           }
         }
-        await this.writeBatch(log, log.queue.splice(0, this.maxBatch));
+        await this.writeBatch(log, log.queue.splice(0, this.batchLength(log.queue)));
       }
     } finally {
       log.writing = false;
     }
+  }
+
+  /** How many of the queued appends go in the next batch: at least one, within both limits. */
+  private batchLength(queue: readonly Pending[]): number {
+    let n = 0;
+    let bytes = 0;
+    for (const p of queue) {
+      if (n >= this.maxBatch) break;
+      bytes += messageBytes(p.input);
+      if (n > 0 && bytes > this.maxBatchBytes) break;
+      n++;
+    }
+    return n;
   }
 
   /** Writes one batch and settles every append in it; never throws. */
@@ -222,7 +250,7 @@ export class Sequencer {
         for (const [key, g] of groups) {
           if (stored.has(key)) continue;
           const i = g[0]!.input;
-          fresh.push({
+          const m: StoredMessage = {
             conversationId,
             seq: ++seq,
             messageId: this.ids.next(),
@@ -231,7 +259,9 @@ export class Sequencer {
             clientMsgId: i.clientMsgId,
             body: i.body,
             sentAtMs,
-          });
+          };
+          if (i.event && i.event.length > 0) m.event = i.event;
+          fresh.push(m);
         }
         if (fresh.length > 0) await this.repo.insert(conversationId, fresh);
         log.lastSeq = seq;

@@ -10,6 +10,11 @@ import {
 /** Lets other tasks run, as a round trip to a database would. */
 const yieldTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** A copy that shares nothing with the stored message (the event bytes included). */
+function copy(m: StoredMessage): StoredMessage {
+  return m.event ? { ...m, event: new Uint8Array(m.event) } : { ...m };
+}
+
 /**
  * A MessageRepository in memory, for fast sequencer tests. Every call yields once
  * before it acts, so concurrent writers interleave as they would over a network.
@@ -37,7 +42,7 @@ export class MemoryMessageRepository implements MessageRepository {
     for (const k of keys) {
       const key = idempotencyKey(k.senderId, k.clientMsgId);
       const m = l.byKey.get(key);
-      if (m) out.set(key, { ...m });
+      if (m) out.set(key, copy(m));
     }
     return [...out.values()];
   }
@@ -54,9 +59,9 @@ export class MemoryMessageRepository implements MessageRepository {
       keys.add(key);
     }
     for (const m of messages) {
-      const copy = { ...m };
-      l.bySeq.set(m.seq, copy);
-      l.byKey.set(idempotencyKey(m.senderId, m.clientMsgId), copy);
+      const stored = copy(m);
+      l.bySeq.set(m.seq, stored);
+      l.byKey.set(idempotencyKey(m.senderId, m.clientMsgId), stored);
       l.last = Math.max(l.last, m.seq);
     }
   }
@@ -69,16 +74,19 @@ export class MemoryMessageRepository implements MessageRepository {
       .filter((m) => beforeSeq === 0 || m.seq < beforeSeq)
       .sort((a, b) => b.seq - a.seq)
       .slice(0, limit)
-      .map((m) => ({ ...m }));
+      .map(copy);
   }
 
-  async heads(conversationIds: readonly string[]): Promise<ConversationHead[]> {
+  async heads(conversationIds: readonly string[], withLastMessage = false): Promise<ConversationHead[]> {
     await yieldTurn();
     const out: ConversationHead[] = [];
     for (const id of new Set(conversationIds)) {
       const l = this.logs.get(id);
       const m = l?.bySeq.get(l.last);
-      if (m) out.push({ conversationId: id, lastSeq: m.seq, lastSentAtMs: m.sentAtMs });
+      if (!m) continue;
+      const head: ConversationHead = { conversationId: id, lastSeq: m.seq, lastSentAtMs: m.sentAtMs };
+      if (withLastMessage) head.lastMessage = copy(m);
+      out.push(head);
     }
     return out;
   }

@@ -28,7 +28,7 @@ import {
 import { messageStoreRoutes } from "../src/routes.js";
 import { toConnectError } from "../src/routes/errors.js";
 import { Sequencer, type AppendInput, type AppendResult } from "../src/sequencer.js";
-import { messages } from "./message-repository.contract.js";
+import { eventBytes, eventMessages, messages } from "./message-repository.contract.js";
 
 const server = realBackend("cassandra");
 const silent = createLogger("messagestore", "silent");
@@ -201,6 +201,85 @@ if (server) {
       assert.deepEqual((await repo.history(c, 0, 50)).map((m) => m.seq), Array.from({ length: 13 }, (_, i) => 13 - i));
       // A reserved seq is never given again.
       await assert.rejects(repo.insert(c, messages(c, 12, 12)), SeqConflictError);
+    });
+
+    it("rolls forward a crashed batch of event messages with their events", async () => {
+      const c = randomUuid();
+      await repo.insert(c, messages(c, 1, 1));
+      const crashed = [...eventMessages(c, 2, 4), { ...messages(c, 5, 5)[0]!, body: "", senderDeviceId: "", event: eventBytes(64 * 1024) }];
+      const dying = await open({
+        faults: {
+          afterReserve: () => {
+            throw new Error("crash");
+          },
+        },
+      });
+      try {
+        await assert.rejects(dying.insert(c, crashed), /crash/);
+      } finally {
+        await dying.close();
+      }
+      assert.equal(await other.lastSeq(c), 5);
+      const history = await other.history(c, 0, 10);
+      assert.deepEqual(history.slice(0, 4), [...crashed].reverse(), "events, empty bodies and missing devices as reserved");
+      assert.deepEqual(await other.findByClientMsgIds(c, [crashed[0]!]), [crashed[0]]);
+      const [head] = await other.heads([c], true);
+      assert.deepEqual(head?.lastMessage, crashed[3]);
+    });
+
+    it("upgrades a keyspace of schema version 1 (no event column, an old pending batch) in place", async () => {
+      const ks = `${keyspace}_v1`;
+      const c = randomUuid();
+      const [m1, m2] = messages(c, 1, 2);
+      const v1 = [
+        `CREATE KEYSPACE ${ks} WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}`,
+        `CREATE TABLE ${ks}.schema_version (component text PRIMARY KEY, version int, bucket_size int, applied_at timestamp)`,
+        `CREATE TABLE ${ks}.messages (conversation_id uuid, bucket bigint, seq bigint, message_id uuid, sender_id uuid,
+           sender_device_id uuid, client_msg_id uuid, body text, sent_at timestamp,
+           PRIMARY KEY ((conversation_id, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)`,
+        `CREATE TABLE ${ks}.message_keys (conversation_id uuid, sender_id uuid, client_msg_id uuid, seq bigint,
+           PRIMARY KEY ((conversation_id), sender_id, client_msg_id))`,
+        `CREATE TABLE ${ks}.conversation_heads (conversation_id uuid PRIMARY KEY, last_seq bigint, last_sent_at timestamp, pending text)`,
+        `INSERT INTO ${ks}.schema_version (component, version, bucket_size, applied_at) VALUES ('messagestore', 1, ${BUCKET}, toTimestamp(now()))`,
+      ];
+      for (const q of v1) await raw.execute(q);
+      try {
+        // Message 1 written; message 2 reserved by version 1 code (a 7-field pending entry) and never written.
+        await raw.execute(
+          `INSERT INTO ${ks}.messages (conversation_id, bucket, seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at) VALUES (?, 0, 1, ?, ?, ?, ?, ?, ?)`,
+          [c, m1!.messageId, m1!.senderId, m1!.senderDeviceId, m1!.clientMsgId, m1!.body, new Date(m1!.sentAtMs)],
+          { prepare: true },
+        );
+        const pending = { ts: Date.now() * 1000, m: [[2, m2!.messageId, m2!.senderId, m2!.senderDeviceId, m2!.clientMsgId, m2!.body, m2!.sentAtMs]] };
+        await raw.execute(`INSERT INTO ${ks}.conversation_heads (conversation_id, last_seq, last_sent_at, pending) VALUES (?, 2, ?, ?)`, [
+          c,
+          new Date(m2!.sentAtMs),
+          JSON.stringify(pending),
+        ], { prepare: true });
+
+        // Two instances starting together both upgrade.
+        const [x, y] = await Promise.all([open({ keyspace: ks }), open({ keyspace: ks })]);
+        try {
+          const cols = await raw.execute(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = 'messages' AND column_name = 'event'",
+            [ks],
+          );
+          assert.equal(cols.rowLength, 1);
+          const version = await raw.execute(`SELECT version FROM ${ks}.schema_version WHERE component = 'messagestore'`);
+          assert.equal(version.first().get("version"), 2);
+          assert.equal(await x.lastSeq(c), 2, "the old pending batch rolls forward");
+          const [e3] = eventMessages(c, 3, 3);
+          await y.insert(c, [e3!]);
+          assert.deepEqual(await x.history(c, 0, 10), [e3, m2, m1]);
+        } finally {
+          await Promise.all([x.close(), y.close()]);
+        }
+        // A keyspace of a newer version than the code refuses to start.
+        await raw.execute(`UPDATE ${ks}.schema_version SET version = 3 WHERE component = 'messagestore'`);
+        await assert.rejects(open({ keyspace: ks }), /schema version 3/);
+      } finally {
+        await raw.execute(`DROP KEYSPACE IF EXISTS ${ks}`);
+      }
     });
 
     it("finds a message whose key row was written but not its message row (half-written batch)", async () => {

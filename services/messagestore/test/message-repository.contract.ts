@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { randomUuid, UuidV7Generator } from "../../../lib/ids.js";
 import { SeqConflictError } from "../src/errors.js";
@@ -28,6 +29,23 @@ export function messages(conversationId: string, from: number, to: number, sende
     });
   }
   return out;
+}
+
+/** `n` random bytes (zero bytes and high bytes included), as an encoded event would be. */
+export function eventBytes(n: number): Uint8Array {
+  const b = new Uint8Array(randomBytes(n));
+  if (n > 1) [b[0], b[n - 1]] = [0, 0xff];
+  return b;
+}
+
+/**
+ * Messages seq from..to of one conversation that are event messages: empty body and no
+ * sender device (every other one has a body and a device, which events may have too).
+ */
+export function eventMessages(conversationId: string, from: number, to: number, senderId = randomUuid()): StoredMessage[] {
+  return messages(conversationId, from, to, senderId).map((m, i) =>
+    i % 2 === 0 ? { ...m, body: "", senderDeviceId: "", event: eventBytes(20 + i) } : { ...m, event: eventBytes(3) },
+  );
 }
 
 /**
@@ -165,6 +183,44 @@ export function describeMessageRepository(name: string, factory: () => Promise<M
         [batch[0], batch[2]],
       );
       assert.deepEqual(await repo.findByClientMsgIds(c, []), []);
+    });
+
+    it("stores event messages (bytes intact, empty body, no sender device) next to chat messages", async () => {
+      const c = randomUuid();
+      const [chat] = messages(c, 1, 1);
+      const events = eventMessages(c, 2, 5);
+      const big = { ...messages(c, 6, 6)[0]!, body: "", senderDeviceId: "", event: eventBytes(64 * 1024) };
+      await repo.insert(c, [chat!, ...events]);
+      await repo.insert(c, [big]);
+      const all = [chat!, ...events, big];
+      const history = await repo.history(c, 0, 50);
+      assert.deepEqual(history, [...all].reverse());
+      assert.ok(!("event" in history[5]!), "a chat message has no event key");
+      for (const m of history.slice(0, 5)) assert.equal(Object.getPrototypeOf(m.event), Uint8Array.prototype, "a plain Uint8Array");
+      assert.deepEqual(
+        [...(await repo.findByClientMsgIds(c, [events[0]!, big, chat!]))].sort((x, y) => x.seq - y.seq),
+        [chat, events[0], big],
+      );
+      assert.equal(await repo.lastSeq(c), 6);
+    });
+
+    it("gives each head's newest message when asked, and only then", async () => {
+      const [a, b, empty] = [randomUuid(), randomUuid(), randomUuid()];
+      const ma = messages(a, 1, 3);
+      const mb = [...messages(b, 1, 1), ...eventMessages(b, 2, 2)];
+      await repo.insert(a, ma);
+      await repo.insert(b, mb);
+      const heads = await repo.heads([a, empty, b, a], true);
+      assert.deepEqual(
+        [...heads].sort((x, y) => x.lastSeq - y.lastSeq),
+        [
+          { conversationId: b, lastSeq: 2, lastSentAtMs: mb[1]!.sentAtMs, lastMessage: mb[1] },
+          { conversationId: a, lastSeq: 3, lastSentAtMs: ma[2]!.sentAtMs, lastMessage: ma[2] },
+        ],
+      );
+      for (const h of await repo.heads([a, b], false)) assert.ok(!("lastMessage" in h));
+      assert.deepEqual(await repo.heads([], true), []);
+      assert.deepEqual(await repo.heads([empty], true), []);
     });
 
     it("stores a batch of 256 in one insert", async () => {

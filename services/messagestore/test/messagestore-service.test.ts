@@ -14,6 +14,7 @@ import { MessageStoreContext } from "../src/context.js";
 import { SeqConflictError } from "../src/errors.js";
 import type { MessageRepository } from "../src/message-repository.js";
 import { messageStoreRoutes } from "../src/routes.js";
+import { eventBytes } from "./message-repository.contract.js";
 
 async function rejectsWith(p: Promise<unknown>, code: Code, field?: string) {
   await assert.rejects(p, (e: unknown) => {
@@ -29,6 +30,11 @@ const NOW = 1_750_000_000_000;
 
 function appendRequest(conversationId = randomUuid(), body = "hello") {
   return { conversationId, senderId: randomUuid(), senderDeviceId: randomUuid(), clientMsgId: randomUuid(), body };
+}
+
+/** An event message as the router appends it: no body, no sender device. */
+function eventRequest(conversationId = randomUuid(), event = eventBytes(40)) {
+  return { ...appendRequest(conversationId, ""), senderDeviceId: "", event };
 }
 
 describe("MessageStoreService", () => {
@@ -130,6 +136,56 @@ describe("MessageStoreService", () => {
     assert.deepEqual((await client.getHeads({ conversationIds: [] })).heads, []);
   });
 
+  it("stores event messages and returns the event from append, resends, history and AppendBatch", async () => {
+    const c = randomUuid();
+    const req = eventRequest(c);
+    const first = await client.append(req);
+    assert.equal(first.duplicate, false);
+    const m = first.message!;
+    assert.deepEqual([m.seq, m.body, m.senderDeviceId, m.senderId], [1n, "", "", req.senderId]);
+    assert.deepEqual(m.event, req.event);
+    // A resend answers with the stored event, even if the resend carries another one.
+    const again = await client.append({ ...req, event: eventBytes(5) });
+    assert.equal(again.duplicate, true);
+    assert.deepEqual(again.message, m);
+    // An event may carry a body and a device too; a chat message has no event.
+    const withDevice = { ...appendRequest(c, "Ada joined"), event: eventBytes(64 * 1024) };
+    const chat = appendRequest(c, "hi");
+    const batch = [eventRequest(c), withDevice, chat, eventRequest(randomUuid())];
+    const { results } = await client.appendBatch({ appends: [...batch, { ...batch[0]!, event: eventBytes(1) }] });
+    const ok = results.map((r) => {
+      assert.equal(r.result.case, "ok");
+      return r.result.value as { duplicate: boolean; message: { seq: bigint; event: Uint8Array; body: string } };
+    });
+    assert.deepEqual(ok.map((r) => Number(r.message.seq)), [2, 3, 4, 1, 2]);
+    batch.forEach((b, i) => assert.deepEqual(ok[i]!.message.event, "event" in b ? b.event : new Uint8Array(0)));
+    assert.equal(ok[1]!.message.body, "Ada joined");
+    assert.ok(ok[4]!.duplicate);
+    assert.deepEqual(ok[4]!.message, ok[0]!.message);
+    const history = await client.getHistory({ conversationId: c });
+    assert.deepEqual(history.messages, [ok[2]!.message, ok[1]!.message, ok[0]!.message, m]);
+  });
+
+  it("returns each head's last message when asked (events included)", async () => {
+    const [a, b, empty] = [randomUuid(), randomUuid(), randomUuid()];
+    await client.append(appendRequest(a, "first"));
+    const lastA = (await client.append(appendRequest(a, "second"))).message!;
+    await client.append(appendRequest(b, "hello"));
+    const lastB = (await client.append(eventRequest(b))).message!;
+    const { heads } = await client.getHeads({ conversationIds: [b, empty, a], includeLastMessage: true });
+    assert.deepEqual(
+      heads.map((h) => [h.conversationId, Number(h.lastSeq), h.lastMessage]),
+      [
+        [b, 2, lastB],
+        [empty, 0, undefined],
+        [a, 2, lastA],
+      ],
+    );
+    assert.equal(timestampMs(heads[2]!.lastSentAt!), timestampMs(lastA.sentAt!));
+    const without = await client.getHeads({ conversationIds: [a, b] });
+    assert.deepEqual(without.heads.map((h) => [Number(h.lastSeq), h.lastMessage]), [[2, undefined], [2, undefined]]);
+  });
+
   it("accepts a body of 4,000 characters that are not all ASCII", async () => {
     const body = "😀".repeat(4000); // 8,000 UTF-16 units, 4,000 characters
     const r = await client.append(appendRequest(randomUuid(), body));
@@ -147,6 +203,21 @@ describe("MessageStoreService", () => {
     }
     it("Append: empty body", async () => {
       await rejectsWith(client.append(appendRequest(randomUuid(), "")), Code.InvalidArgument, "body");
+    });
+    it("Append: neither body nor event", async () => {
+      await rejectsWith(client.append({ ...appendRequest(), body: "", event: new Uint8Array(0) }), Code.InvalidArgument, "body");
+      // No event: a sender device is required again.
+      await rejectsWith(client.append({ ...eventRequest(), event: new Uint8Array(0), body: "hi" }), Code.InvalidArgument, "sender_device_id");
+    });
+    it("Append: event over 64 KiB", async () => {
+      await rejectsWith(client.append(eventRequest(randomUuid(), eventBytes(64 * 1024 + 1))), Code.InvalidArgument, "event");
+      const r = await client.append(eventRequest(randomUuid(), eventBytes(64 * 1024)));
+      assert.equal(r.message!.event.length, 64 * 1024);
+    });
+    it("Append: an event with a body over 4,000 characters, or a device id that is not a UUID", async () => {
+      await rejectsWith(client.append({ ...eventRequest(), body: "x".repeat(4001) }), Code.InvalidArgument, "body");
+      await rejectsWith(client.append({ ...eventRequest(), senderDeviceId: "not-a-uuid" }), Code.InvalidArgument, "sender_device_id");
+      await rejectsWith(client.append({ ...eventRequest(), senderId: "" }), Code.InvalidArgument, "sender_id");
     });
     it("Append: body over 4,000 characters", async () => {
       await rejectsWith(client.append(appendRequest(randomUuid(), "x".repeat(4001))), Code.InvalidArgument, "body");

@@ -9,6 +9,7 @@ import { MemoryMessageRepository } from "./memory-message-repository.js";
 /** Wraps a repository: counts calls and fails on demand. */
 class ProbeRepository implements MessageRepository {
   inserts: number[] = []; // batch sizes
+  insertBytes: number[] = []; // body (UTF-16) and event bytes per batch
   finds = 0;
   lastSeqs = 0;
   conflicts = 0;
@@ -39,6 +40,7 @@ class ProbeRepository implements MessageRepository {
 
   async insert(conversationId: string, messages: readonly StoredMessage[]): Promise<void> {
     this.inserts.push(messages.length);
+    this.insertBytes.push(messages.reduce((n, m) => n + 2 * m.body.length + (m.event?.length ?? 0), 0));
     this.check();
     if (this.alwaysConflict) {
       this.conflicts++;
@@ -57,8 +59,8 @@ class ProbeRepository implements MessageRepository {
     return this.inner.history(conversationId, beforeSeq, limit);
   }
 
-  heads(conversationIds: readonly string[]) {
-    return this.inner.heads(conversationIds);
+  heads(conversationIds: readonly string[], withLastMessage?: boolean) {
+    return this.inner.heads(conversationIds, withLastMessage);
   }
 }
 
@@ -140,6 +142,31 @@ describe("Sequencer", () => {
       await seq.close();
     });
   }
+
+  it("keeps a batch within maxBatchBytes (a larger append goes alone) and stores events as given", async () => {
+    const repo = new ProbeRepository();
+    const seq = sequencer(repo, { maxBatchBytes: 100_000 });
+    const c = randomUuid();
+    const event = (n: number, fill: number) => new Uint8Array(n).fill(fill);
+    const first = seq.append(input(c)); // all queue before the first batch is taken
+    const inputs = [
+      ...Array.from({ length: 9 }, (_, i) => ({ ...input(c, ""), senderDeviceId: "", event: event(40_000, i) })),
+      { ...input(c, ""), event: event(150_000, 9) },
+      input(c, "after"),
+    ];
+    const results = await Promise.all([first, ...inputs.map((i) => seq.append(i))]);
+    assert.deepEqual(results.map((r) => r.message.seq), range(12));
+    inputs.forEach((i, n) => {
+      assert.deepEqual(results[n + 1]!.message.event, i.event);
+      assert.equal(results[n + 1]!.message.senderDeviceId, i.senderDeviceId);
+    });
+    // [chat, 40k, 40k] [40k, 40k] [40k, 40k] [40k, 40k] [40k] [150k alone] [chat]
+    assert.deepEqual(repo.inserts, [3, 2, 2, 2, 1, 1, 1], `inserts: ${repo.inserts.join(",")}`);
+    repo.insertBytes.forEach((b, n) => assert.ok(b <= 100_000 || repo.inserts[n] === 1));
+    const stored = await repo.history(c, 0, 20);
+    assert.deepEqual([...stored].reverse(), results.map((r) => r.message));
+    await seq.close();
+  });
 
   it("stores a key sent several times inside one batch once", async () => {
     const repo = new ProbeRepository();

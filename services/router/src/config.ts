@@ -11,7 +11,13 @@ export interface RouterConfig {
   /** Gateways known up front (static discovery): `id=url,id=url`. */
   gateways: Instance[];
   membershipCacheEntries: number;
+  /**
+   * How long cached membership lives without an explicit invalidation. Changes are
+   * invalidated at once on the conversation's owning router; these bound how stale a
+   * non-owner's copy can be (it only serves the conversation after routers came or went).
+   */
   groupMembershipTtlMs: number;
+  directMembershipTtlMs: number;
   /** `PARLEY_REDIS_URL`: the connection registry the gateways write, in Redis; unset → in memory (one process). */
   redisUrl: string | undefined;
   redisPrefix: string;
@@ -38,7 +44,8 @@ export function loadConfig(env: Env): RouterConfig {
     notifyUrl: env.PARLEY_NOTIFY_URL ?? "http://127.0.0.1:7106",
     gateways: parseGateways(env.PARLEY_GATEWAYS),
     membershipCacheEntries: envInt(env, "PARLEY_ROUTER_MEMBERSHIP_CACHE", 100_000, 1, 100_000_000),
-    groupMembershipTtlMs: 30_000,
+    groupMembershipTtlMs: envInt(env, "PARLEY_ROUTER_GROUP_MEMBERSHIP_TTL_MS", 30_000, 100, 3_600_000),
+    directMembershipTtlMs: envInt(env, "PARLEY_ROUTER_DIRECT_MEMBERSHIP_TTL_MS", 600_000, 100, 86_400_000),
     redisUrl: redisUrlFrom(env),
     redisPrefix: redisPrefixFrom(env),
     logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),

@@ -66,6 +66,7 @@ export class RouterContext {
     this.membership = new MembershipCache(createClient(GroupsService, groups), {
       maxEntries: cfg.membershipCacheEntries,
       groupTtlMs: cfg.groupMembershipTtlMs,
+      directTtlMs: cfg.directMembershipTtlMs,
       negativeTtlMs: 1000,
       clock,
     });

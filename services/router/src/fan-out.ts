@@ -9,19 +9,30 @@ import { clientMessage } from "../../../lib/client-message.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import { GatewayOutbox } from "./gateway-outbox.js";
+import type { ConversationRoute } from "./membership-cache.js";
 import { SeqOrder } from "./seq-order.js";
+
+/** Who joined or left with an event message: gateways (un)subscribe their devices. */
+export interface MembershipChange {
+  joined: readonly string[];
+  left: readonly string[];
+  deleted: boolean;
+}
 
 export interface FanOutItem {
   message: Message;
-  memberIds: readonly string[];
+  route: ConversationRoute;
   /** The sending device: it got the ack, so it does not get the message too. */
   senderDeviceId: string;
+  membership?: MembershipChange;
 }
 
 export interface FanOutStats {
   messages: number;
   registryLookups: number;
   deliverCalls: number;
+  /** Envelopes for group topics (one per gateway per group message). */
+  topicEnvelopes: number;
 }
 
 /** At most this many messages share one registry lookup. */
@@ -31,16 +42,20 @@ const PREVIEW_CHARS = 120;
 /**
  * Delivers stored messages to the gateways that hold the members' devices. Messages
  * enter in the order the message store acknowledged them and leave in that order:
- * one registry lookup serves every message queued meanwhile (one round trip for all
- * their recipients), then each message becomes one envelope per involved gateway,
- * encoded once for all of that gateway's recipients.
+ * one registry round trip serves every message queued meanwhile, then each message
+ * becomes one envelope per involved gateway, encoded once for all its recipients there.
+ *
+ * A 1:1 message names its recipients (the registry says where each user's devices
+ * are). A group message names none: the registry's topic index says which gateways hold
+ * subscribers of the conversation, and each gets one envelope for its topic, so a
+ * message to a group of 100,000 costs the router O(gateways), not O(members).
  */
 export class FanOut {
   private queue: FanOutItem[] = [];
   private running = false;
   private idleWaiters: (() => void)[] = [];
   private readonly outboxes = new Map<string, GatewayOutbox>();
-  readonly stats: FanOutStats = { messages: 0, registryLookups: 0, deliverCalls: 0 };
+  readonly stats: FanOutStats = { messages: 0, registryLookups: 0, deliverCalls: 0, topicEnvelopes: 0 };
 
   constructor(
     private readonly registry: ConnectionRegistry,
@@ -89,34 +104,77 @@ export class FanOut {
 
   private async dispatch(batch: FanOutItem[]): Promise<void> {
     const users = new Set<string>();
-    for (const item of batch) for (const u of item.memberIds) users.add(u);
+    const topics = new Set<string>();
+    for (const item of batch) {
+      if (item.route.kind === "direct") for (const u of item.route.memberIds) users.add(u);
+      else topics.add(item.message.conversationId);
+      for (const u of item.membership?.joined ?? []) users.add(u);
+      for (const u of item.membership?.left ?? []) users.add(u);
+    }
     this.stats.registryLookups++;
-    const where = await this.registry.lookup([...users]);
+    const [where, topicGateways] = await Promise.all([
+      users.size > 0 ? this.registry.lookup([...users]) : new Map<string, string[]>(),
+      topics.size > 0 ? this.registry.lookupTopics([...topics]) : new Map<string, string[]>(),
+    ]);
     for (const item of batch) {
       this.stats.messages++;
-      const byGateway = new Map<string, string[]>();
-      const offline: string[] = [];
-      for (const userId of item.memberIds) {
-        const gateways = where.get(userId);
-        if (!gateways) {
-          if (userId !== item.message.senderId) offline.push(userId);
-          continue;
-        }
-        for (const gw of gateways) {
-          const list = byGateway.get(gw);
-          if (list) list.push(userId);
-          else byGateway.set(gw, [userId]);
-        }
+      if (item.route.kind === "direct") this.dispatchDirect(item, where);
+      else this.dispatchGroup(item, where, topicGateways.get(item.message.conversationId) ?? []);
+    }
+  }
+
+  private dispatchDirect(item: FanOutItem, where: Map<string, string[]>): void {
+    const byGateway = new Map<string, string[]>();
+    const offline: string[] = [];
+    for (const userId of item.route.memberIds) {
+      const gateways = where.get(userId);
+      if (!gateways) {
+        if (userId !== item.message.senderId) offline.push(userId);
+        continue;
       }
-      if (byGateway.size > 0) {
-        const serverFrame = encodeMessageFrame(item.message);
-        for (const [gatewayId, userIds] of byGateway) {
-          const outbox = this.outbox(gatewayId);
-          if (outbox) outbox.push({ userIds, serverFrame, excludeDeviceId: item.senderDeviceId });
-          else void this.forget(gatewayId, userIds);
-        }
+      for (const gw of gateways) {
+        const list = byGateway.get(gw);
+        if (list) list.push(userId);
+        else byGateway.set(gw, [userId]);
       }
-      if (offline.length > 0) this.pushOffline(item.message, offline);
+    }
+    if (byGateway.size > 0) {
+      const serverFrame = encodeMessageFrame(item.message);
+      for (const [gatewayId, userIds] of byGateway) {
+        const outbox = this.outbox(gatewayId);
+        if (outbox) outbox.push({ userIds, serverFrame, excludeDeviceId: item.senderDeviceId });
+        else void this.forget(gatewayId, userIds, []);
+      }
+    }
+    if (offline.length > 0) this.pushOffline(item.message, offline);
+  }
+
+  /**
+   * One envelope per gateway holding subscribers of the conversation, plus the gateways
+   * of users who joined or left with this message (their devices (un)subscribe there).
+   */
+  private dispatchGroup(item: FanOutItem, where: Map<string, string[]>, subscribed: readonly string[]): void {
+    const conversationId = item.message.conversationId;
+    const gateways = new Set(subscribed);
+    const m = item.membership;
+    for (const u of m?.joined ?? []) for (const gw of where.get(u) ?? []) gateways.add(gw);
+    for (const u of m?.left ?? []) for (const gw of where.get(u) ?? []) gateways.add(gw);
+    if (gateways.size === 0) return;
+    const serverFrame = encodeMessageFrame(item.message);
+    const membership = m && {
+      conversationId,
+      joinedUserIds: [...m.joined],
+      leftUserIds: [...m.left],
+      deleted: m.deleted,
+    };
+    for (const gatewayId of gateways) {
+      const outbox = this.outbox(gatewayId);
+      if (!outbox) {
+        void this.forget(gatewayId, [], [conversationId]);
+        continue;
+      }
+      this.stats.topicEnvelopes++;
+      outbox.push({ topicConversationId: conversationId, serverFrame, excludeDeviceId: item.senderDeviceId, membership });
     }
   }
 
@@ -125,16 +183,22 @@ export class FanOut {
     if (!outbox) {
       const client = this.gateway(gatewayId);
       if (!client) return undefined;
-      outbox = new GatewayOutbox(gatewayId, client, (gw, u) => void this.forget(gw, u), this.logger, this.stats);
+      outbox = new GatewayOutbox(gatewayId, client, (gw, u, t) => void this.forget(gw, u, t), this.logger, this.stats);
       this.outboxes.set(gatewayId, outbox);
     }
     return outbox;
   }
 
-  /** Removes registry entries that point at a gateway that is gone or does not hold the users. */
-  private async forget(gatewayId: string, userIds: string[]): Promise<void> {
+  /**
+   * Removes registry entries that point at a gateway that is gone or does not hold the
+   * users (or has no subscriber of the topics).
+   */
+  private async forget(gatewayId: string, userIds: string[], topics: string[]): Promise<void> {
     try {
-      await this.registry.removeUsers(gatewayId, userIds);
+      await Promise.all([
+        userIds.length > 0 && this.registry.removeUsers(gatewayId, userIds),
+        topics.length > 0 && this.registry.removeTopics(gatewayId, topics),
+      ]);
     } catch (err) {
       this.logger.warn({ err, gatewayId }, "registry cleanup failed");
     }

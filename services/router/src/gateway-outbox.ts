@@ -22,7 +22,7 @@ export class GatewayOutbox {
   constructor(
     readonly gatewayId: string,
     private readonly client: Client<typeof DeliveryService>,
-    private readonly onAbsent: (gatewayId: string, userIds: string[]) => void,
+    private readonly onAbsent: (gatewayId: string, userIds: string[], topics: string[]) => void,
     private readonly logger: Logger,
     private readonly stats: { deliverCalls: number },
   ) {}
@@ -46,14 +46,20 @@ export class GatewayOutbox {
       this.stats.deliverCalls++;
       try {
         const res = await this.client.deliver({ envelopes: batch });
-        if (res.absentUserIds.length > 0) this.onAbsent(this.gatewayId, res.absentUserIds);
+        if (res.absentUserIds.length > 0 || res.absentTopics.length > 0) {
+          this.onAbsent(this.gatewayId, res.absentUserIds, res.absentTopics);
+        }
       } catch (err) {
         // The gateway is gone or broken: its devices are offline for these messages
         // (they are stored; devices catch up from history) and its entries are stale.
         this.logger.warn({ err, gatewayId: this.gatewayId, envelopes: batch.length }, "deliver failed");
         const users = new Set<string>();
-        for (const e of batch) for (const u of e.userIds ?? []) users.add(u);
-        this.onAbsent(this.gatewayId, [...users]);
+        const topics = new Set<string>();
+        for (const e of batch) {
+          for (const u of e.userIds ?? []) users.add(u);
+          if (e.topicConversationId) topics.add(e.topicConversationId);
+        }
+        this.onAbsent(this.gatewayId, [...users], [...topics]);
       }
     }
     this.inFlight = false;

@@ -38,7 +38,9 @@ async function until(what: string, check: () => boolean, turns = 500): Promise<v
 /** The memory registry, counting lookups, with an optional gate on the next lookup. */
 class CountingRegistry extends MemoryConnectionRegistry {
   readonly lookups: string[][] = [];
+  readonly topicLookups: string[][] = [];
   readonly removals: { gatewayId: string; userIds: string[] }[] = [];
+  readonly topicRemovals: { gatewayId: string; topics: string[] }[] = [];
   lookupGate: Promise<void> | undefined;
 
   override async lookup(userIds: readonly string[]): Promise<Map<string, string[]>> {
@@ -47,6 +49,19 @@ class CountingRegistry extends MemoryConnectionRegistry {
     this.lookupGate = undefined;
     if (gate) await gate;
     return super.lookup(userIds);
+  }
+
+  override async lookupTopics(conversationIds: readonly string[]): Promise<Map<string, string[]>> {
+    this.topicLookups.push([...conversationIds]);
+    const gate = this.lookupGate;
+    this.lookupGate = undefined;
+    if (gate) await gate;
+    return super.lookupTopics(conversationIds);
+  }
+
+  override async removeTopics(gatewayId: string, topics: readonly string[]): Promise<void> {
+    this.topicRemovals.push({ gatewayId, topics: [...topics] });
+    return super.removeTopics(gatewayId, topics);
   }
 
   override async removeUsers(gatewayId: string, userIds: readonly string[]): Promise<void> {
@@ -67,6 +82,7 @@ class FakeGateway {
   hold: Promise<void> | undefined;
   fail = false;
   absent: string[] = [];
+  absentTopics: string[] = [];
 
   async deliver(req: DeliverRequest) {
     this.calls.push(req);
@@ -77,7 +93,7 @@ class FakeGateway {
       this.hold = undefined;
       if (hold) await hold;
       if (this.fail) throw new ConnectError("gateway broken", Code.Unavailable);
-      return { deliveredFrames: req.envelopes.length, absentUserIds: this.absent };
+      return { deliveredFrames: req.envelopes.length, absentUserIds: this.absent, absentTopics: this.absentTopics };
     } finally {
       this.inFlight--;
     }
@@ -102,7 +118,7 @@ interface Harness {
   dialed: string[];
   groupsCalls: string[];
   groupsGate: { next: Promise<void> | undefined };
-  conversations: Map<string, { kind: ConversationKind; memberIds: string[] } | "unavailable">;
+  conversations: Map<string, { kind: ConversationKind; memberIds: string[]; blocked?: string[] } | "unavailable">;
   appends: AppendRequest[];
   /** Sizes of the AppendBatch calls the router made. */
   appendBatches: number[];
@@ -142,15 +158,25 @@ async function harness(): Promise<Harness> {
     },
     groups: inProcess((r) =>
       r.service(GroupsService, {
-        getConversation: async (req) => {
+        checkMembers: async (req) => {
           groupsCalls.push(req.conversationId);
+          // The answer reflects the state when the call arrived (a gate holds it in flight).
+          const c = conversations.get(req.conversationId);
           const gate = groupsGate.next;
           groupsGate.next = undefined;
           if (gate) await gate;
-          const c = conversations.get(req.conversationId);
           if (c === "unavailable") throw new ConnectError("groups down", Code.Unavailable);
           if (!c) throw new ConnectError("no such conversation", Code.NotFound);
-          return { conversation: { conversationId: req.conversationId, kind: c.kind, memberIds: c.memberIds } };
+          const direct = c.kind === ConversationKind.DIRECT;
+          return {
+            conversation: {
+              conversationId: req.conversationId,
+              kind: c.kind,
+              memberIds: direct ? c.memberIds : [],
+              blockedUserIds: c.blocked ?? [],
+            },
+            allowedUserIds: req.userIds.filter((u) => c.memberIds.includes(u) && !(c.blocked ?? []).includes(u)),
+          };
         },
       }),
     ),
@@ -204,6 +230,15 @@ function group(h: Harness, memberIds: string[], kind = ConversationKind.GROUP): 
   return id;
 }
 
+function direct(h: Harness, a: string, b: string): string {
+  return group(h, [a, b], ConversationKind.DIRECT);
+}
+
+/** `gatewayId` holds devices subscribed to the group conversation `c`. */
+async function subscribed(h: Harness, gatewayId: string, c: string): Promise<void> {
+  await h.registry.addTopics(gatewayId, [c]);
+}
+
 async function online(h: Harness, gatewayId: string, userId: string, deviceId: string = randomUUID()): Promise<string> {
   await h.registry.add(gatewayId, [{ userId, deviceId }]);
   return deviceId;
@@ -231,48 +266,93 @@ describe("router: send and fan-out", () => {
   beforeEach(async () => (h = await harness()));
   afterEach(() => h.ctx.close());
 
-  it("one envelope per gateway per message with all that gateway's users; offline members notified, sender not", async () => {
-    const [sender, u1, u2, u3, off1, off2] = Array.from({ length: 6 }, () => randomUUID());
-    const senderPhone = await online(h, "gw-1", sender!);
-    const senderLaptop = await online(h, "gw-2", sender!);
-    await online(h, "gw-1", u1!);
-    await online(h, "gw-1", u2!);
-    await online(h, "gw-1", u2!); // a second device of u2 on the same gateway
-    await online(h, "gw-2", u3!);
-    await online(h, "gw-2", u1!); // u1 also on gw-2
-    const c = group(h, [sender!, u1!, u2!, u3!, off1!, off2!]);
-    const ack = await send(h, c, sender!, "hello all", { deviceId: senderPhone });
+  it("1:1: one envelope per gateway with that gateway's users; the offline peer is notified, the sender not", async () => {
+    const [sender, peer] = [randomUUID(), randomUUID()];
+    const senderPhone = await online(h, "gw-1", sender);
+    await online(h, "gw-2", sender); // the sender's laptop
+    await online(h, "gw-1", peer);
+    await online(h, "gw-1", peer); // a second device of the peer on the same gateway
+    const c = direct(h, sender, peer);
+    const ack = await send(h, c, sender, "hello", { deviceId: senderPhone });
     assert.equal(ack.seq, 1n);
     assert.equal(ack.duplicate, false);
     await h.ctx.fanOut.idle();
-
     for (const [id, users] of [
-      ["gw-1", [sender, u1, u2]],
-      ["gw-2", [sender, u3, u1]],
+      ["gw-1", [sender, peer]],
+      ["gw-2", [sender]],
     ] as const) {
       const g = gw(h, id);
       assert.equal(g.calls.length, 1, id);
-      const [env] = g.calls[0]!.envelopes;
       assert.equal(g.calls[0]!.envelopes.length, 1, `${id}: one envelope`);
-      assert.deepEqual([...env!.userIds].sort(), [...users].sort(), id);
-      assert.equal(env!.excludeDeviceId, senderPhone, "the sending device gets the ack instead");
-      const frame = fromBinary(ServerFrameSchema, env!.serverFrame);
+      const env = g.calls[0]!.envelopes[0]!;
+      assert.deepEqual([...env.userIds].sort(), [...users].sort(), id);
+      assert.equal(env.topicConversationId, "");
+      assert.equal(env.excludeDeviceId, senderPhone, "the sending device gets the ack instead");
+      const frame = fromBinary(ServerFrameSchema, env.serverFrame);
       assert.equal(frame.kind.case, "message");
       if (frame.kind.case !== "message") continue;
-      assert.equal(frame.kind.value.body, "hello all");
+      assert.equal(frame.kind.value.body, "hello");
       assert.equal(frame.kind.value.seq, 1n);
       assert.equal(frame.kind.value.senderId, sender);
       assert.equal(frame.kind.value.senderDeviceId, senderPhone);
       assert.equal(frame.kind.value.messageId, ack.messageId);
     }
-    assert.ok(senderLaptop);
+    assert.equal(h.notified.length, 0, "both users are online");
+    const off = direct(h, sender, randomUUID());
+    await send(h, off, sender, "are you there?");
     await until("notify", () => h.notified.length === 1);
-    assert.deepEqual([...h.notified[0]!.userIds].sort(), [off1!, off2!].sort());
-    assert.equal(h.notified[0]!.conversationId, c);
+    assert.equal(h.notified[0]!.conversationId, off);
     assert.equal(h.notified[0]!.seq, 1n);
     assert.equal(h.notified[0]!.senderId, sender);
-    assert.equal(h.notified[0]!.preview, "hello all");
-    assert.deepEqual(h.ctx.fanOut.stats, { messages: 1, registryLookups: 1, deliverCalls: 2 });
+    assert.equal(h.notified[0]!.preview, "are you there?");
+  });
+
+  it("group: one topic envelope per gateway holding subscribers, whatever the number of members; no user is named", async () => {
+    const members = Array.from({ length: 500 }, () => randomUUID());
+    const sender = members[0]!;
+    const c = group(h, members);
+    await subscribed(h, "gw-1", c);
+    await subscribed(h, "gw-2", c);
+    const other = group(h, [sender]);
+    await subscribed(h, "gw-2", other);
+    const senderPhone = randomUUID();
+    const ack = await send(h, c, sender, "hello all", { deviceId: senderPhone });
+    await h.ctx.fanOut.idle();
+    for (const id of ["gw-1", "gw-2"]) {
+      const g = gw(h, id);
+      assert.equal(g.calls.length, 1, id);
+      assert.equal(g.calls[0]!.envelopes.length, 1, id);
+      const env = g.calls[0]!.envelopes[0]!;
+      assert.equal(env.topicConversationId, c);
+      assert.deepEqual(env.userIds, []);
+      assert.equal(env.excludeDeviceId, senderPhone);
+      assert.equal(env.membership, undefined);
+      const frame = fromBinary(ServerFrameSchema, env.serverFrame);
+      assert.equal(frame.kind.case === "message" && frame.kind.value.messageId, ack.messageId);
+    }
+    assert.deepEqual(h.ctx.fanOut.stats, { messages: 1, registryLookups: 1, deliverCalls: 2, topicEnvelopes: 2 });
+    assert.deepEqual(h.registry.lookups, [], "no per-user lookup for a group");
+    assert.deepEqual(h.registry.topicLookups, [[c]]);
+  });
+
+  it("group: a gateway with no subscriber left (absent_topics) or a failing one leaves the topic index", async () => {
+    const [sender, x] = [randomUUID(), randomUUID()];
+    const c = group(h, [sender, x]);
+    await subscribed(h, "gw-1", c);
+    await subscribed(h, "gw-2", c);
+    gw(h, "gw-1").absentTopics = [c];
+    gw(h, "gw-2").fail = true;
+    await send(h, c, sender, "x");
+    await h.ctx.fanOut.idle();
+    await until("cleanup", () => h.registry.topicRemovals.length === 2);
+    assert.deepEqual(
+      [...h.registry.topicRemovals].sort((a, b) => (a.gatewayId < b.gatewayId ? -1 : 1)),
+      [
+        { gatewayId: "gw-1", topics: [c] },
+        { gatewayId: "gw-2", topics: [c] },
+      ],
+    );
+    assert.deepEqual((await h.registry.lookupTopics([c])).get(c), undefined);
   });
 
   it("an offline sender is not notified of their own message; the preview is cut to 120 characters", async () => {
@@ -289,12 +369,12 @@ describe("router: send and fan-out", () => {
   it("one registry lookup per batch of messages, not per message or recipient", async () => {
     const members = Array.from({ length: 20 }, () => randomUUID());
     for (const [i, u] of members.entries()) await online(h, i % 2 ? "gw-1" : "gw-2", u);
-    const c = group(h, members);
+    const pairs = Array.from({ length: 10 }, (_, i) => direct(h, members[2 * i]!, members[2 * i + 1]!));
     const gate = deferred();
     h.registry.lookupGate = gate.promise;
-    await send(h, c, members[0]!, "m0"); // its lookup is held
+    await send(h, pairs[0]!, members[0]!, "m0"); // its lookup is held
     await until("first lookup", () => h.registry.lookups.length === 1);
-    for (let i = 1; i <= 30; i++) await send(h, c, members[i % members.length]!, `m${i}`);
+    for (let i = 1; i <= 30; i++) await send(h, pairs[i % 10]!, members[2 * (i % 10)]!, `m${i}`);
     assert.equal(h.registry.lookups.length, 1, "the others wait for the held lookup");
     gate.resolve();
     await h.ctx.fanOut.idle();
@@ -307,7 +387,7 @@ describe("router: send and fan-out", () => {
   it("order per gateway: at most one Deliver in flight; the next carries everything queued meanwhile", async () => {
     const [sender, peer] = [randomUUID(), randomUUID()];
     await online(h, "gw-1", peer);
-    const c = group(h, [sender, peer]);
+    const c = direct(h, sender, peer);
     const slow = deferred();
     gw(h, "gw-1").hold = slow.promise;
     await send(h, c, sender, "1");
@@ -331,9 +411,9 @@ describe("router: send and fan-out", () => {
 
   it("a slow gateway does not hold up another one", async () => {
     const [sender, a, b] = [randomUUID(), randomUUID(), randomUUID()];
-    await online(h, "gw-1", a);
-    await online(h, "gw-2", b);
     const c = group(h, [sender, a, b]);
+    await subscribed(h, "gw-1", c);
+    await subscribed(h, "gw-2", c);
     const slow = deferred();
     gw(h, "gw-1").hold = slow.promise;
     await send(h, c, sender, "1");
@@ -346,31 +426,29 @@ describe("router: send and fan-out", () => {
   });
 
   it("a failing Deliver removes that gateway's entries for those users (and only those)", async () => {
-    const [sender, a, b, other] = Array.from({ length: 4 }, () => randomUUID());
+    const [sender, a, other] = Array.from({ length: 3 }, () => randomUUID());
     await online(h, "gw-1", a!);
-    await online(h, "gw-1", b!);
     await online(h, "gw-2", a!); // a is also on a healthy gateway
     await online(h, "gw-1", other!); // not in this conversation
     gw(h, "gw-1").fail = true;
-    const c = group(h, [sender!, a!, b!]);
+    const c = direct(h, sender!, a!);
     await send(h, c, sender!, "x");
     await h.ctx.fanOut.idle();
     await until("cleanup", () => h.registry.removals.length === 1);
     assert.equal(h.registry.removals[0]!.gatewayId, "gw-1");
-    assert.deepEqual([...h.registry.removals[0]!.userIds].sort(), [a!, b!].sort());
+    assert.deepEqual(h.registry.removals[0]!.userIds, [a!]);
     assert.deepEqual(await h.registry.where(a!), ["gw-2"]);
-    assert.deepEqual(await h.registry.where(b!), []);
     assert.deepEqual(await h.registry.where(other!), ["gw-1"]);
     assert.equal(gw(h, "gw-2").calls.length, 1);
   });
 
   it("absent_user_ids from a gateway are removed from the registry for that gateway", async () => {
-    const [sender, a, b] = [randomUUID(), randomUUID(), randomUUID()];
+    const [a, b] = [randomUUID(), randomUUID()];
     await online(h, "gw-1", a);
     await online(h, "gw-1", b);
     gw(h, "gw-1").absent = [b];
-    const c = group(h, [sender, a, b]);
-    await send(h, c, sender, "x");
+    const c = direct(h, a, b);
+    await send(h, c, a, "x");
     await h.ctx.fanOut.idle();
     await until("cleanup", () => h.registry.removals.length === 1);
     assert.deepEqual(h.registry.removals[0], { gatewayId: "gw-1", userIds: [b] });
@@ -379,11 +457,11 @@ describe("router: send and fan-out", () => {
   });
 
   it("entries pointing at a gateway discovery does not know are cleaned up, and nothing is dialed for it", async () => {
-    const [sender, a, b] = [randomUUID(), randomUUID(), randomUUID()];
+    const [a, b] = [randomUUID(), randomUUID()];
     await online(h, "gw-gone", a);
     await online(h, "gw-1", b);
-    const c = group(h, [sender, a, b]);
-    await send(h, c, sender, "x");
+    const c = direct(h, a, b);
+    await send(h, c, b, "x");
     await h.ctx.fanOut.idle();
     await until("cleanup", () => h.registry.removals.length === 1);
     assert.deepEqual(h.registry.removals[0], { gatewayId: "gw-gone", userIds: [a] });
@@ -395,7 +473,7 @@ describe("router: send and fan-out", () => {
   it("one transport per gateway, reused across messages", async () => {
     const [sender, a] = [randomUUID(), randomUUID()];
     await online(h, "gw-1", a);
-    const c = group(h, [sender, a]);
+    const c = direct(h, sender, a);
     for (let i = 0; i < 5; i++) {
       await send(h, c, sender, String(i));
       await h.ctx.fanOut.idle();
@@ -407,7 +485,7 @@ describe("router: send and fan-out", () => {
   it("a duplicate append is acked with duplicate=true and not fanned out again", async () => {
     const [sender, peer] = [randomUUID(), randomUUID()];
     await online(h, "gw-1", peer);
-    const c = group(h, [sender, peer]);
+    const c = direct(h, sender, peer);
     const clientMsgId = randomUUID();
     const first = await send(h, c, sender, "once", { clientMsgId });
     const again = await send(h, c, sender, "once", { clientMsgId });
@@ -531,16 +609,43 @@ describe("router: membership cache", () => {
     assert.equal(h.appends.length, 20);
   });
 
-  it("group memberships expire after their TTL; direct ones stay", async () => {
+  it("group verdicts expire after their TTL, direct ones after theirs (injected clock)", async () => {
     const sender = randomUUID();
     const g = group(h, [sender]);
-    const d = group(h, [sender, randomUUID()], ConversationKind.DIRECT);
+    const d = direct(h, sender, randomUUID());
     await send(h, g, sender, "x");
     await send(h, d, sender, "x");
     h.clock.now += 30_001;
     await send(h, g, sender, "y");
     await send(h, d, sender, "y");
     assert.deepEqual(h.groupsCalls, [g, d, g]);
+    h.clock.now += 600_000;
+    await send(h, d, sender, "z");
+    assert.deepEqual(h.groupsCalls, [g, d, g, d]);
+  });
+
+  it("a group loads verdicts per sender: one call for the senders of a batch, known ones not asked again", async () => {
+    const members = Array.from({ length: 5 }, () => randomUUID());
+    const c = group(h, members);
+    const item = (senderId: string) => ({ conversationId: c, senderId, senderDeviceId: randomUUID(), clientMsgId: randomUUID(), body: "x" });
+    await h.router.sendBatch({ sends: [item(members[0]!), item(members[1]!), item(members[0]!)] });
+    await h.router.sendBatch({ sends: [item(members[1]!), item(members[2]!)] });
+    await h.router.sendBatch({ sends: [item(members[0]!), item(members[2]!)] });
+    assert.deepEqual(h.groupsCalls, [c, c], "second batch asks only about the new sender");
+    assert.equal(h.appends.length, 7);
+  });
+
+  it("a 1:1 with a block is read-only for both members (PermissionDenied, nothing stored)", async () => {
+    const [a, b] = [randomUUID(), randomUUID()];
+    const c = direct(h, a, b);
+    h.conversations.set(c, { kind: ConversationKind.DIRECT, memberIds: [a, b], blocked: [a, b] });
+    await assert.rejects(send(h, c, a, "hi"), (e: unknown) => {
+      assert.equal(ConnectError.from(e).code, Code.PermissionDenied);
+      assert.match(ConnectError.from(e).rawMessage, /blocked/);
+      return true;
+    });
+    await rejectsWith(send(h, c, b, "hi"), Code.PermissionDenied);
+    assert.equal(h.appends.length, 0);
   });
 
   it("an unknown conversation is remembered briefly (injected clock)", async () => {
@@ -582,22 +687,120 @@ describe("router: membership cache", () => {
       GroupsService,
       inProcess((r) =>
         r.service(GroupsService, {
-          getConversation: (req) => {
+          checkMembers: (req) => {
             calls.push(req.conversationId);
-            return { conversation: { conversationId: req.conversationId, kind: ConversationKind.DIRECT, memberIds: ["u"] } };
+            return {
+              conversation: { conversationId: req.conversationId, kind: ConversationKind.DIRECT, memberIds: ["u", "v"] },
+              allowedUserIds: ["u", "v"],
+            };
           },
         }),
       ),
     );
-    const cache = new MembershipCache(groups, { maxEntries: 2, groupTtlMs: 1000, negativeTtlMs: 1000, clock: () => 0 });
-    assert.equal((await cache.get("a"))?.has("u"), true);
-    await cache.get("b");
-    await cache.get("a"); // a is now the most recently used
-    await cache.get("c"); // evicts b
-    await cache.get("a");
-    await cache.get("c");
+    const cache = new MembershipCache(groups, { maxEntries: 2, groupTtlMs: 1000, directTtlMs: 1000, negativeTtlMs: 1000, clock: () => 0 });
+    const get = (c: string) => cache.access(c, ["u"]);
+    assert.deepEqual([...(await get("a")).allowed], ["u"]);
+    await get("b");
+    await get("a"); // a is now the most recently used
+    await get("c"); // evicts b
+    await get("a");
+    await get("c");
     assert.deepEqual(calls, ["a", "b", "c"]);
-    await cache.get("b");
+    await get("b");
     assert.deepEqual(calls, ["a", "b", "c", "b"]);
+    assert.deepEqual([...(await cache.access("a", ["u", "w", "v"])).allowed].sort(), ["u", "v"], "a 1:1 is known whole");
+    assert.deepEqual(calls, ["a", "b", "c", "b", "a"]);
+  });
+
+});
+
+describe("router: conversation changes (ApplyConversationChange)", () => {
+  let h: Harness;
+  beforeEach(async () => (h = await harness()));
+  afterEach(() => h.ctx.close());
+
+  const change = (c: string, o: { event?: Uint8Array; joined?: string[]; left?: string[]; deleted?: boolean; changeId?: string; actor?: string } = {}) =>
+    h.router.applyConversationChange({
+      conversationId: c,
+      changeId: o.changeId ?? randomUUID(),
+      actorId: o.actor ?? randomUUID(),
+      event: o.event ?? new Uint8Array(),
+      joinedUserIds: o.joined ?? [],
+      leftUserIds: o.left ?? [],
+      deleted: o.deleted ?? false,
+    });
+
+  it("a removed member cannot send once the change is applied, even with a load in flight during it", async () => {
+    const [owner, bob] = [randomUUID(), randomUUID()];
+    const c = group(h, [owner, bob]);
+    await send(h, c, owner, "warm");
+    // Bob's first send loads his verdict; hold that load across the removal.
+    const gate = deferred();
+    h.groupsGate.next = gate.promise;
+    const racing = send(h, c, bob, "sent while being removed");
+    await until("bob's load", () => h.groupsCalls.length === 2);
+    h.conversations.set(c, { kind: ConversationKind.GROUP, memberIds: [owner] });
+    await change(c, { left: [bob], event: new Uint8Array([1]) });
+    gate.resolve();
+    // Asked before the removal: the (old) answer serves that send...
+    await racing;
+    // ...but was not kept: the next send loads afresh and is refused.
+    await rejectsWith(send(h, c, bob, "after removal"), Code.PermissionDenied);
+    assert.equal(h.groupsCalls.length, 3, "the in-flight answer was not kept");
+    await send(h, c, owner, "still works");
+  });
+
+  it("stores the event as a message (idempotent on change_id) and fans it out with the (un)subscriptions", async () => {
+    const [actor, joiner, leaver] = [randomUUID(), randomUUID(), randomUUID()];
+    const c = group(h, [actor, joiner]);
+    await subscribed(h, "gw-1", c);
+    await online(h, "gw-2", joiner); // gw-2 has no subscriber yet: it must hear of the join
+    await online(h, "gw-1", leaver);
+    const changeId = randomUUID();
+    const event = new Uint8Array([8, 1, 16, 2]);
+    const res = await change(c, { changeId, actor, event, joined: [joiner], left: [leaver] });
+    assert.equal(res.seq, 1n);
+    assert.deepEqual(
+      h.appends.map((a) => ({ conversationId: a.conversationId, senderId: a.senderId, senderDeviceId: a.senderDeviceId, clientMsgId: a.clientMsgId, body: a.body })),
+      [{ conversationId: c, senderId: actor, senderDeviceId: "", clientMsgId: changeId, body: "" }],
+    );
+    assert.deepEqual([...h.appends[0]!.event], [...event]);
+    await h.ctx.fanOut.idle();
+    for (const id of ["gw-1", "gw-2"]) {
+      const envs = gw(h, id).calls.flatMap((x) => x.envelopes);
+      assert.equal(envs.length, 1, id);
+      assert.equal(envs[0]!.topicConversationId, c);
+      assert.deepEqual(envs[0]!.membership?.joinedUserIds, [joiner]);
+      assert.deepEqual(envs[0]!.membership?.leftUserIds, [leaver]);
+      const frame = fromBinary(ServerFrameSchema, envs[0]!.serverFrame);
+      assert.equal(frame.kind.case === "message" && frame.kind.value.seq, 1n);
+    }
+    // A retry (the groups outbox did not see the answer): same seq, nothing stored twice, fanned out again.
+    const again = await change(c, { changeId, actor, event, joined: [joiner], left: [leaver] });
+    assert.equal(again.seq, 1n);
+    await h.ctx.fanOut.idle();
+    assert.equal(gw(h, "gw-1").calls.flatMap((x) => x.envelopes).length, 2);
+  });
+
+  it("a change without an event (a block) only drops the cached membership", async () => {
+    const [a, b] = [randomUUID(), randomUUID()];
+    const c = direct(h, a, b);
+    await send(h, c, a, "before");
+    h.conversations.set(c, { kind: ConversationKind.DIRECT, memberIds: [a, b], blocked: [a, b] });
+    // Until the change is applied the router serves its cached verdict (no read per message).
+    await send(h, c, a, "cached");
+    const res = await change(c, {});
+    assert.equal(res.seq, 0n);
+    await rejectsWith(send(h, c, a, "after the block"), Code.PermissionDenied);
+    assert.deepEqual(h.appends.map((x) => x.body), ["before", "cached"]);
+  });
+
+  it("bad changes are refused with InvalidArgument and change nothing", async () => {
+    const c = group(h, [randomUUID()]);
+    await rejectsWith(change("nope"), Code.InvalidArgument);
+    await rejectsWith(h.router.applyConversationChange({ conversationId: c, changeId: "x", actorId: randomUUID() }), Code.InvalidArgument);
+    await rejectsWith(change(c, { joined: ["not-a-uuid"] }), Code.InvalidArgument);
+    await rejectsWith(change(c, { event: new Uint8Array(64 * 1024 + 1) }), Code.InvalidArgument);
+    assert.equal(h.appends.length, 0);
   });
 });

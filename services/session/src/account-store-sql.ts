@@ -1,7 +1,11 @@
 import { migrate, sqlState, UNIQUE_VIOLATION, type Migration, type Sql } from "../../../lib/sql.js";
 import {
+  ContactLimitError,
   DuplicateUsernameError,
+  UnknownUserError,
   type AccountStore,
+  type Contact,
+  type NewContact,
   type NewRefreshToken,
   type NewSession,
   type RefreshTokenRecord,
@@ -47,6 +51,21 @@ CREATE TABLE session_keys (
 );
 `,
   },
+  {
+    version: 2,
+    name: "contacts",
+    sql: `
+CREATE TABLE contacts (
+  owner_id uuid NOT NULL REFERENCES users (user_id),
+  contact_id uuid NOT NULL REFERENCES users (user_id),
+  nickname text NOT NULL DEFAULT '',
+  added_at timestamptz NOT NULL,
+  PRIMARY KEY (owner_id, contact_id),
+  CHECK (owner_id <> contact_id)
+);
+CREATE INDEX contacts_contact_id_idx ON contacts (contact_id);
+`,
+  },
 ];
 
 /** Applies the session schema (idempotent) and returns the store over `sql`. */
@@ -86,6 +105,14 @@ interface RefreshTokenRow {
 }
 
 const USER_COLUMNS = "user_id, username, display_name, created_at";
+
+interface ContactRow extends UserRow {
+  nickname: string;
+  added_at: Date;
+}
+
+const CONTACT_SELECT = `SELECT u.user_id, u.username, u.display_name, u.created_at, c.nickname, c.added_at
+  FROM contacts c JOIN users u ON u.user_id = c.contact_id`;
 
 /** The `AccountStore` over the `Sql` port: plain Postgres, every statement parameterized. */
 export class SqlAccountStore implements AccountStore {
@@ -224,6 +251,58 @@ export class SqlAccountStore implements AccountStore {
       createdAt: row.created_at.getTime(),
     };
   }
+
+  async listContacts(ownerId: string): Promise<Contact[]> {
+    const rows = await this.sql.query<ContactRow>(`${CONTACT_SELECT} WHERE c.owner_id = $1 ORDER BY u.username`, [ownerId]);
+    return rows.map(toContact);
+  }
+
+  async getContact(ownerId: string, contactId: string): Promise<Contact | undefined> {
+    const [row] = await this.sql.query<ContactRow>(`${CONTACT_SELECT} WHERE c.owner_id = $1 AND c.contact_id = $2`, [
+      ownerId,
+      contactId,
+    ]);
+    return row && toContact(row);
+  }
+
+  async putContact(c: NewContact): Promise<{ contact: Contact; created: boolean }> {
+    return this.sql.transaction(async (tx) => {
+      // The owner's row lock serializes the contact changes of one owner, so the count
+      // below stays true until this transaction commits: concurrent adds cannot overshoot.
+      const owner = await tx.query(`SELECT user_id FROM users WHERE user_id = $1 FOR UPDATE`, [c.ownerId]);
+      if (owner.length === 0) throw new UnknownUserError(c.ownerId);
+      const [user] = await tx.query<UserRow>(`SELECT ${USER_COLUMNS} FROM users WHERE user_id = $1`, [c.contactId]);
+      if (!user) throw new UnknownUserError(c.contactId);
+      const [updated] = await tx.query<{ added_at: Date }>(
+        `UPDATE contacts SET nickname = $3 WHERE owner_id = $1 AND contact_id = $2 RETURNING added_at`,
+        [c.ownerId, c.contactId, c.nickname],
+      );
+      if (updated) {
+        return { contact: { user: toUser(user), nickname: c.nickname, addedAt: updated.added_at.getTime() }, created: false };
+      }
+      const [count] = await tx.query<{ n: number }>(`SELECT count(*)::int AS n FROM contacts WHERE owner_id = $1`, [c.ownerId]);
+      if ((count?.n ?? 0) >= c.max) throw new ContactLimitError(c.max);
+      await tx.query(`INSERT INTO contacts (owner_id, contact_id, nickname, added_at) VALUES ($1, $2, $3, $4)`, [
+        c.ownerId,
+        c.contactId,
+        c.nickname,
+        new Date(c.at),
+      ]);
+      return { contact: { user: toUser(user), nickname: c.nickname, addedAt: c.at }, created: true };
+    });
+  }
+
+  async deleteContact(ownerId: string, contactId: string): Promise<boolean> {
+    const rows = await this.sql.query(`DELETE FROM contacts WHERE owner_id = $1 AND contact_id = $2 RETURNING contact_id`, [
+      ownerId,
+      contactId,
+    ]);
+    return rows.length === 1;
+  }
+}
+
+function toContact(row: ContactRow): Contact {
+  return { user: toUser(row), nickname: row.nickname, addedAt: row.added_at.getTime() };
 }
 
 function toUser(row: UserRow): User {

@@ -1,6 +1,6 @@
 /**
- * The account store port: users, sessions (refresh-token families), refresh tokens and
- * token-signing keys. It only stores and fetches; the rules (who may log in, when a
+ * The account store port: users, sessions (refresh-token families), refresh tokens,
+ * token-signing keys and contact lists. It only stores and fetches; the rules (who may log in, when a
  * refresh token rotates or revokes its family) live in accounts.ts. Times are
  * milliseconds since the epoch.
  *
@@ -71,6 +71,40 @@ export class DuplicateUsernameError extends Error {
   }
 }
 
+/** An entry of a user's contact list: another user, with the owner's nickname for them. */
+export interface Contact {
+  user: User;
+  /** Empty when none. */
+  nickname: string;
+  addedAt: number;
+}
+
+export interface NewContact {
+  ownerId: string;
+  contactId: string;
+  nickname: string;
+  /** When it is added (kept when an existing contact's nickname changes). */
+  at: number;
+  /** The most contacts the owner may have: adding one more is a `ContactLimitError`. */
+  max: number;
+}
+
+/** Thrown by `putContact` when the contact user does not exist. */
+export class UnknownUserError extends Error {
+  override readonly name = "UnknownUserError";
+  constructor(readonly userId: string) {
+    super(`no user ${userId}`);
+  }
+}
+
+/** Thrown by `putContact` when the owner already has `max` contacts. */
+export class ContactLimitError extends Error {
+  override readonly name = "ContactLimitError";
+  constructor(readonly max: number) {
+    super(`at most ${max} contacts`);
+  }
+}
+
 export interface AccountStore {
   /** Throws `DuplicateUsernameError` when the username is taken. */
   createUser(user: UserWithPassword): Promise<void>;
@@ -100,4 +134,16 @@ export interface AccountStore {
    * and returns the stored key (so instances starting together agree on one secret).
    */
   ensureSigningKey(candidate: SigningKey): Promise<SigningKey>;
+
+  /** The owner's contacts, ordered by the contact's username. */
+  listContacts(ownerId: string): Promise<Contact[]>;
+  getContact(ownerId: string, contactId: string): Promise<Contact | undefined>;
+  /**
+   * Adds the contact, or sets the nickname of an existing one (keeping its `addedAt`).
+   * Throws `UnknownUserError` for an unknown contact user and `ContactLimitError` when a
+   * new contact would exceed `max`; concurrent adds for one owner never exceed it.
+   */
+  putContact(c: NewContact): Promise<{ contact: Contact; created: boolean }>;
+  /** True when the contact was in the list. */
+  deleteContact(ownerId: string, contactId: string): Promise<boolean>;
 }

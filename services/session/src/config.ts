@@ -13,8 +13,17 @@ export interface SessionConfig {
   dataDir: string;
   /** `PARLEY_POSTGRES_URL`: a Postgres server instead of the embedded database. */
   postgresUrl: string | undefined;
+  /**
+   * argon2id cost (`PARLEY_PASSWORD_HASH_MEMORY_KIB`, `PARLEY_PASSWORD_HASH_ITERATIONS`):
+   * the OWASP minimum by default. Lower values exist for tests and benchmarks that sign
+   * thousands of accounts up; never lower them in production.
+   */
+  passwordHashMemoryKib: number;
+  passwordHashIterations: number;
   accessTokenTtlSeconds: number;
   refreshTokenTtlSeconds: number;
+  /** `PARLEY_CONTACTS_MAX`: the most contacts one user may have. */
+  contactsMax: number;
   logLevel: string;
 }
 
@@ -27,8 +36,11 @@ export function loadConfig(env: Env): SessionConfig {
     port: int(env, "PARLEY_SESSION_PORT", 7101, 0, 65535),
     dataDir: nonEmpty(env, "PARLEY_DATA_DIR", "./data"),
     postgresUrl: postgresUrlFromEnv(env),
+    passwordHashMemoryKib: int(env, "PARLEY_PASSWORD_HASH_MEMORY_KIB", 19456, 1024, 4 * 1024 * 1024),
+    passwordHashIterations: int(env, "PARLEY_PASSWORD_HASH_ITERATIONS", 2, 1, 100),
     accessTokenTtlSeconds: int(env, "PARLEY_ACCESS_TOKEN_TTL_SECONDS", 15 * 60, 1, 24 * 3600),
     refreshTokenTtlSeconds: int(env, "PARLEY_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, 1, 365 * 24 * 3600),
+    contactsMax: int(env, "PARLEY_CONTACTS_MAX", 5_000, 1, 1_000_000),
     logLevel: nonEmpty(env, "PARLEY_LOG_LEVEL", "info"),
   };
   if (!LOG_LEVELS.has(cfg.logLevel)) {

@@ -9,8 +9,9 @@ import type { AccountStore } from "./account-store.js";
 import { openSqlAccountStore } from "./account-store-sql.js";
 import { Accounts } from "./accounts.js";
 import { systemClock, type Clock } from "./clock.js";
+import { Contacts } from "./contacts.js";
 import { sessionDbDir, type SessionConfig } from "./config.js";
-import { PasswordHasher } from "./passwords.js";
+import { ARGON2_OPTIONS, PasswordHasher } from "./passwords.js";
 import { RevocationCache } from "./revocation-cache.js";
 import { AccessTokens, newSigningKey } from "./tokens.js";
 
@@ -31,6 +32,7 @@ export class SessionContext {
   private constructor(
     readonly config: SessionConfig,
     readonly accounts: Accounts,
+    readonly contacts: Contacts,
     readonly store: AccountStore,
     readonly clock: Clock,
     readonly logger: Logger,
@@ -55,7 +57,7 @@ export class SessionContext {
     try {
       const store = await openSqlAccountStore(sql);
       const key = await store.ensureSigningKey(newSigningKey(SIGNING_KEY_ID, clock.now()));
-      const hasher = new PasswordHasher();
+      const hasher = new PasswordHasher({ ...ARGON2_OPTIONS, memoryCost: cfg.passwordHashMemoryKib, timeCost: cfg.passwordHashIterations });
       await hasher.warmUp();
       const revocations = new RevocationCache(async (sessionId) => {
         const s = await store.getSession(sessionId);
@@ -71,7 +73,8 @@ export class SessionContext {
         refreshTokenTtlMs: cfg.refreshTokenTtlSeconds * 1000,
         logger,
       });
-      return new SessionContext(cfg, accounts, store, clock, logger, ownedSql, overrides.discovery);
+      const contacts = new Contacts({ store, clock, max: cfg.contactsMax });
+      return new SessionContext(cfg, accounts, contacts, store, clock, logger, ownedSql, overrides.discovery);
     } catch (err) {
       await ownedSql?.close();
       throw err;

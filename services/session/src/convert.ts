@@ -1,14 +1,16 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
+  ContactSchema,
   PrincipalSchema,
   TokensSchema,
   UserSchema,
+  type Contact as ContactMsg,
   type Principal,
   type Tokens,
   type User as UserMsg,
 } from "../../../gen/parley/session/v1/session_service_pb.js";
-import type { User } from "./account-store.js";
+import type { Contact, User } from "./account-store.js";
 import type { IssuedTokens } from "./accounts.js";
 import type { AccessClaims } from "./tokens.js";
 
@@ -40,4 +42,8 @@ export function principalMsg(c: AccessClaims): Principal {
     sessionId: c.sessionId,
     expiresAt: timestampFromMs(c.expiresAt),
   });
+}
+
+export function contactMsg(c: Contact): ContactMsg {
+  return create(ContactSchema, { user: userMsg(c.user), nickname: c.nickname, addedAt: timestampFromMs(c.addedAt) });
 }

@@ -15,3 +15,11 @@ export class UsernameTakenError extends Error {
     super(`username "${username}" is taken`);
   }
 }
+
+/** The user is not in the contact list. Maps to `NotFound`. */
+export class ContactNotFoundError extends Error {
+  override readonly name = "ContactNotFoundError";
+  constructor(readonly contactId: string) {
+    super("not in the contact list");
+  }
+}

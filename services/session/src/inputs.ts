@@ -41,3 +41,20 @@ export function displayNameOrDefault(field: string, raw: string, username: strin
 export function optionalDeviceId(field: string, value: string): string | undefined {
   return value === "" ? undefined : requireUuid(field, value);
 }
+
+export const NICKNAME_MAX = 64;
+
+/** A contact's nickname: trimmed, at most 64 code points, no control characters; empty means none. */
+export function requireNickname(field: string, raw: string): string {
+  const v = requireText(field, raw.trim(), 0, NICKNAME_MAX);
+  if (/\p{Cc}/u.test(v)) throw invalid(field, "must not contain control characters");
+  return v;
+}
+
+/** The owner and contact ids of a contact call; a user is never their own contact. */
+export function requireContactPair(req: { userId: string; contactUserId: string }): { ownerId: string; contactId: string } {
+  const ownerId = requireUuid("user_id", req.userId);
+  const contactId = requireUuid("contact_user_id", req.contactUserId);
+  if (ownerId === contactId) throw invalid("contact_user_id", "a user cannot be their own contact");
+  return { ownerId, contactId };
+}

@@ -2,13 +2,18 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Routes } from "../../../lib/rpc.js";
 import { isUnavailable } from "../../../lib/sql.js";
+import { ContactLimitError, UnknownUserError } from "./account-store.js";
 import type { SessionContext } from "./context.js";
-import { AuthenticationError, UsernameTakenError } from "./errors.js";
+import { AuthenticationError, ContactNotFoundError, UsernameTakenError } from "./errors.js";
 import { assignGateway } from "./routes/assign-gateway.js";
 import { authenticate } from "./routes/authenticate.js";
+import { deleteContact } from "./routes/delete-contact.js";
+import { getContact } from "./routes/get-contact.js";
 import { getUsers } from "./routes/get-users.js";
+import { listContacts } from "./routes/list-contacts.js";
 import { logIn } from "./routes/log-in.js";
 import { logOut } from "./routes/log-out.js";
+import { putContact } from "./routes/put-contact.js";
 import { refresh } from "./routes/refresh.js";
 import { signUp } from "./routes/sign-up.js";
 
@@ -32,6 +37,10 @@ export function sessionRoutes(ctx: SessionContext): Routes {
       authenticate: h(authenticate),
       getUsers: h(getUsers),
       assignGateway: assignGateway(ctx.discovery),
+      listContacts: h(listContacts),
+      getContact: h(getContact),
+      putContact: h(putContact),
+      deleteContact: h(deleteContact),
     });
   };
 }
@@ -40,6 +49,9 @@ function toConnectError(ctx: SessionContext, err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof AuthenticationError) return new ConnectError(err.message, Code.Unauthenticated);
   if (err instanceof UsernameTakenError) return new ConnectError(err.message, Code.AlreadyExists);
+  if (err instanceof ContactNotFoundError) return new ConnectError(err.message, Code.NotFound);
+  if (err instanceof UnknownUserError) return new ConnectError("no such user", Code.NotFound);
+  if (err instanceof ContactLimitError) return new ConnectError(err.message, Code.ResourceExhausted);
   if (isUnavailable(err)) {
     ctx.logger.warn({ err }, "database unavailable");
     return new ConnectError("database unavailable", Code.Unavailable);

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { randomBytes } from "node:crypto";
 import { UuidV7Generator } from "../../../lib/ids.js";
-import { DuplicateUsernameError, type AccountStore, type UserWithPassword } from "../src/account-store.js";
+import {
+  ContactLimitError,
+  DuplicateUsernameError,
+  UnknownUserError,
+  type AccountStore,
+  type User,
+  type UserWithPassword,
+} from "../src/account-store.js";
 
 export interface AccountStoreFixture {
   store: AccountStore;
@@ -178,6 +185,86 @@ export function describeAccountStore(name: string, factory: () => Promise<Accoun
       const got = await Promise.all(candidates.map((c) => store.ensureSigningKey(c)));
       for (const k of got) assert.deepEqual(k, got[0]);
       assert.ok(candidates.some((c) => Buffer.from(c.secret).equals(Buffer.from(got[0]!.secret))));
+    });
+    const publicUser = async (over: Partial<UserWithPassword> = {}): Promise<User> => {
+      const { passwordHash: _, ...u } = newUser(over);
+      await store.createUser({ ...u, passwordHash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA" });
+      return u;
+    };
+
+    test("adds contacts with the contact's public user, lists them by username, gets one", async () => {
+      const owner = await publicUser();
+      const zed = await publicUser({ username: `z.${randomBytes(6).toString("hex")}`, displayName: "Zed" });
+      const amy = await publicUser({ username: `a.${randomBytes(6).toString("hex")}`, displayName: "Amy" });
+      assert.deepEqual(await store.listContacts(owner.userId), []);
+      const put1 = await store.putContact({ ownerId: owner.userId, contactId: zed.userId, nickname: "zz", at: t0 + 1, max: 10 });
+      assert.deepEqual(put1, { contact: { user: zed, nickname: "zz", addedAt: t0 + 1 }, created: true });
+      await store.putContact({ ownerId: owner.userId, contactId: amy.userId, nickname: "", at: t0 + 2, max: 10 });
+      assert.deepEqual(await store.listContacts(owner.userId), [
+        { user: amy, nickname: "", addedAt: t0 + 2 },
+        { user: zed, nickname: "zz", addedAt: t0 + 1 },
+      ]);
+      assert.deepEqual(await store.getContact(owner.userId, zed.userId), { user: zed, nickname: "zz", addedAt: t0 + 1 });
+      assert.equal(await store.getContact(owner.userId, owner.userId), undefined);
+      assert.equal(await store.getContact(owner.userId, ids.next()), undefined);
+      // Lists are per owner: zed's list is empty, and zed is nobody's contact but owner's.
+      assert.deepEqual(await store.listContacts(zed.userId), []);
+      assert.equal(await store.getContact(zed.userId, owner.userId), undefined);
+    });
+
+    test("putting an existing contact changes its nickname and keeps when it was added", async () => {
+      const owner = await publicUser();
+      const other = await publicUser();
+      await store.putContact({ ownerId: owner.userId, contactId: other.userId, nickname: "first", at: t0, max: 10 });
+      const again = await store.putContact({ ownerId: owner.userId, contactId: other.userId, nickname: "second", at: t0 + 9, max: 10 });
+      assert.deepEqual(again, { contact: { user: other, nickname: "second", addedAt: t0 }, created: false });
+      assert.equal((await store.listContacts(owner.userId)).length, 1);
+      assert.equal((await store.getContact(owner.userId, other.userId))?.nickname, "second");
+    });
+
+    test("an unknown contact user is an UnknownUserError and nothing is stored", async () => {
+      const owner = await publicUser();
+      await assert.rejects(
+        store.putContact({ ownerId: owner.userId, contactId: ids.next(), nickname: "", at: t0, max: 10 }),
+        UnknownUserError,
+      );
+      assert.deepEqual(await store.listContacts(owner.userId), []);
+    });
+
+    test("deletes a contact once", async () => {
+      const owner = await publicUser();
+      const other = await publicUser();
+      await store.putContact({ ownerId: owner.userId, contactId: other.userId, nickname: "", at: t0, max: 10 });
+      assert.equal(await store.deleteContact(owner.userId, other.userId), true);
+      assert.equal(await store.deleteContact(owner.userId, other.userId), false);
+      assert.equal(await store.getContact(owner.userId, other.userId), undefined);
+      assert.equal(await store.deleteContact(owner.userId, ids.next()), false);
+    });
+
+    test("the cap: a new contact over max is a ContactLimitError; renaming at the cap works", async () => {
+      const owner = await publicUser();
+      const others = [await publicUser(), await publicUser(), await publicUser()];
+      for (const o of others.slice(0, 2)) {
+        await store.putContact({ ownerId: owner.userId, contactId: o.userId, nickname: "", at: t0, max: 2 });
+      }
+      await assert.rejects(
+        store.putContact({ ownerId: owner.userId, contactId: others[2]!.userId, nickname: "", at: t0, max: 2 }),
+        ContactLimitError,
+      );
+      const renamed = await store.putContact({ ownerId: owner.userId, contactId: others[0]!.userId, nickname: "x", at: t0, max: 2 });
+      assert.equal(renamed.created, false);
+      assert.equal((await store.listContacts(owner.userId)).length, 2);
+    });
+
+    test("concurrent adds never take an owner over the cap", async () => {
+      const owner = await publicUser();
+      const others = await Promise.all(Array.from({ length: 8 }, () => publicUser()));
+      const results = await Promise.allSettled(
+        others.map((o) => store.putContact({ ownerId: owner.userId, contactId: o.userId, nickname: "", at: t0, max: 3 })),
+      );
+      assert.equal(results.filter((r) => r.status === "fulfilled").length, 3);
+      for (const r of results) if (r.status === "rejected") assert.ok(r.reason instanceof ContactLimitError, String(r.reason));
+      assert.equal((await store.listContacts(owner.userId)).length, 3);
     });
   });
 }

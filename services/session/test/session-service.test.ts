@@ -364,4 +364,88 @@ describe("SessionService", () => {
       await ctx2.close();
     }
   });
+  describe("contacts", () => {
+    test("put, get, list (by username), rename, delete", async () => {
+      const me = (await signUp()).user!;
+      const b = (await signUp(name("b"))).user!;
+      const a = (await signUp(name("a"))).user!;
+      assert.deepEqual((await client.listContacts({ userId: me.userId })).contacts, []);
+      const put = await client.putContact({ userId: me.userId, contactUserId: b.userId, nickname: "  Bee  " });
+      assert.equal(put.created, true);
+      assert.equal(put.contact?.user?.userId, b.userId);
+      assert.equal(put.contact?.user?.username, b.username);
+      assert.equal(put.contact?.nickname, "Bee");
+      assert.equal(timestampMs(put.contact!.addedAt!), clock.now());
+      await client.putContact({ userId: me.userId, contactUserId: a.userId });
+      const list = await client.listContacts({ userId: me.userId });
+      assert.deepEqual(
+        list.contacts.map((c) => [c.user?.userId, c.nickname]),
+        [
+          [a.userId, ""],
+          [b.userId, "Bee"],
+        ],
+      );
+      const addedAt = timestampMs(put.contact!.addedAt!);
+      clock.advance(1_000);
+      const renamed = await client.putContact({ userId: me.userId, contactUserId: b.userId, nickname: "B" });
+      assert.equal(renamed.created, false);
+      assert.equal(renamed.contact?.nickname, "B");
+      assert.equal(timestampMs(renamed.contact!.addedAt!), addedAt);
+      const got = await client.getContact({ userId: me.userId, contactUserId: b.userId });
+      assert.equal(got.contact?.nickname, "B");
+      assert.equal(got.contact?.user?.displayName, b.displayName);
+      await client.deleteContact({ userId: me.userId, contactUserId: b.userId });
+      await rejectsWith(client.getContact({ userId: me.userId, contactUserId: b.userId }), Code.NotFound);
+      await rejectsWith(client.deleteContact({ userId: me.userId, contactUserId: b.userId }), Code.NotFound);
+      assert.deepEqual(
+        (await client.listContacts({ userId: me.userId })).contacts.map((c) => c.user?.userId),
+        [a.userId],
+      );
+      // Lists are per owner.
+      assert.deepEqual((await client.listContacts({ userId: a.userId })).contacts, []);
+    });
+
+    test("bad contact input: unknown user, oneself, long nickname, malformed ids", async () => {
+      const me = (await signUp()).user!;
+      const other = (await signUp()).user!;
+      await rejectsWith(client.putContact({ userId: me.userId, contactUserId: crypto.randomUUID() }), Code.NotFound, "no such user");
+      await rejectsWith(client.putContact({ userId: me.userId, contactUserId: me.userId }), Code.InvalidArgument, /^contact_user_id/);
+      await rejectsWith(
+        client.putContact({ userId: me.userId, contactUserId: other.userId, nickname: "n".repeat(65) }),
+        Code.InvalidArgument,
+        /^nickname: must have at most 64/,
+      );
+      await rejectsWith(
+        client.putContact({ userId: me.userId, contactUserId: other.userId, nickname: "tab\there" }),
+        Code.InvalidArgument,
+        /^nickname/,
+      );
+      // 64 code points are fine even when they take 128 UTF-16 units.
+      const ok = await client.putContact({ userId: me.userId, contactUserId: other.userId, nickname: "🎉".repeat(64) });
+      assert.equal(ok.contact?.nickname, "🎉".repeat(64));
+      await rejectsWith(client.listContacts({ userId: "me" }), Code.InvalidArgument, /^user_id/);
+      await rejectsWith(client.getContact({ userId: me.userId, contactUserId: "x" }), Code.InvalidArgument, /^contact_user_id/);
+      await rejectsWith(client.deleteContact({ userId: "", contactUserId: other.userId }), Code.InvalidArgument, /^user_id/);
+      await rejectsWith(client.getContact({ userId: me.userId, contactUserId: crypto.randomUUID() }), Code.NotFound);
+    });
+
+    test("the per-user cap (PARLEY_CONTACTS_MAX, default 5,000) is ResourceExhausted", async () => {
+      assert.equal(loadConfig({}).contactsMax, 5_000);
+      assert.throws(() => loadConfig({ PARLEY_CONTACTS_MAX: "0" }), /PARLEY_CONTACTS_MAX/);
+      const small = await SessionContext.fromConfig(loadConfig({ PARLEY_CONTACTS_MAX: "2" }), { sql, clock, logger });
+      try {
+        const c = createClient(SessionService, inProcess(sessionRoutes(small)));
+        const me = (await signUp()).user!;
+        const others = [(await signUp()).user!, (await signUp()).user!, (await signUp()).user!];
+        await c.putContact({ userId: me.userId, contactUserId: others[0]!.userId });
+        await c.putContact({ userId: me.userId, contactUserId: others[1]!.userId });
+        await rejectsWith(c.putContact({ userId: me.userId, contactUserId: others[2]!.userId }), Code.ResourceExhausted, /at most 2/);
+        // Renaming an existing contact at the cap is no new contact.
+        await c.putContact({ userId: me.userId, contactUserId: others[1]!.userId, nickname: "renamed" });
+        assert.equal((await c.listContacts({ userId: me.userId })).contacts.length, 2);
+      } finally {
+        await small.close();
+      }
+    });
+  });
 });

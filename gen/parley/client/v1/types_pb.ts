@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file parley/client/v1/types.proto.
  */
 export const file_parley_client_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChxwYXJsZXkvY2xpZW50L3YxL3R5cGVzLnByb3RvEhBwYXJsZXkuY2xpZW50LnYxIm8KBFVzZXISDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiwgEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEhEKCXNlbmRlcl9pZBgEIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAUgASgJEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSDAoEYm9keRgHIAEoCRIrCgdzZW50X2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLlAQoMQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIwCgRraW5kGAIgASgOMiIucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb25LaW5kEhIKCm1lbWJlcl9pZHMYAyADKAkSEAoIbGFzdF9zZXEYBCABKAQSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGFzdF9hY3Rpdml0eV9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChxwYXJsZXkvY2xpZW50L3YxL3R5cGVzLnByb3RvEhBwYXJsZXkuY2xpZW50LnYxIm8KBFVzZXISDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi9gEKB01lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEhEKCXNlbmRlcl9pZBgEIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAUgASgJEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSDAoEYm9keRgHIAEoCRIrCgdzZW50X2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgVldmVudBgJIAEoCzIjLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uRXZlbnQiywYKEUNvbnZlcnNhdGlvbkV2ZW50EkkKDWdyb3VwX2NyZWF0ZWQYASABKAsyMC5wYXJsZXkuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkV2ZW50Lkdyb3VwQ3JlYXRlZEgAEkkKDW1lbWJlcnNfYWRkZWQYAiABKAsyMC5wYXJsZXkuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkV2ZW50Lk1lbWJlcnNBZGRlZEgAEksKDm1lbWJlcl9yZW1vdmVkGAMgASgLMjEucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb25FdmVudC5NZW1iZXJSZW1vdmVkSAASRQoLbWVtYmVyX2xlZnQYBCABKAsyLi5wYXJsZXkuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkV2ZW50Lk1lbWJlckxlZnRIABJHCgxyb2xlX2NoYW5nZWQYBSABKAsyLy5wYXJsZXkuY2xpZW50LnYxLkNvbnZlcnNhdGlvbkV2ZW50LlJvbGVDaGFuZ2VkSAASSQoNZ3JvdXBfdXBkYXRlZBgGIAEoCzIwLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uRXZlbnQuR3JvdXBVcGRhdGVkSAASSQoNZ3JvdXBfZGVsZXRlZBgHIAEoCzIwLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uRXZlbnQuR3JvdXBEZWxldGVkSAAaPwoMR3JvdXBDcmVhdGVkEgwKBG5hbWUYASABKAkSDQoFdG9waWMYAiABKAkSEgoKbWVtYmVyX2lkcxgDIAMoCRogCgxNZW1iZXJzQWRkZWQSEAoIdXNlcl9pZHMYASADKAkaIAoNTWVtYmVyUmVtb3ZlZBIPCgd1c2VyX2lkGAEgASgJGh0KCk1lbWJlckxlZnQSDwoHdXNlcl9pZBgBIAEoCRpECgtSb2xlQ2hhbmdlZBIPCgd1c2VyX2lkGAEgASgJEiQKBHJvbGUYAiABKA4yFi5wYXJsZXkuY2xpZW50LnYxLlJvbGUaKwoMR3JvdXBVcGRhdGVkEgwKBG5hbWUYASABKAkSDQoFdG9waWMYAiABKAkaDgoMR3JvdXBEZWxldGVkQgYKBGtpbmQi2QMKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMAoEa2luZBgCIAEoDjIiLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uS2luZBISCgptZW1iZXJfaWRzGAMgAygJEhAKCGxhc3Rfc2VxGAQgASgEEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxhc3RfYWN0aXZpdHlfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBG5hbWUYByABKAkSDQoFdG9waWMYCCABKAkSFAoMbWVtYmVyX2NvdW50GAkgASgNEiQKBHJvbGUYCiABKA4yFi5wYXJsZXkuY2xpZW50LnYxLlJvbGUSDgoGYWN0aXZlGAsgASgIEhAKCGxlZnRfc2VxGAwgASgEEg0KBW11dGVkGA0gASgIEhAKCHJlYWRfc2VxGA4gASgEEhQKDHVucmVhZF9jb3VudBgPIAEoBBIvCgxsYXN0X21lc3NhZ2UYECABKAsyGS5wYXJsZXkuY2xpZW50LnYxLk1lc3NhZ2USDwoHYmxvY2tlZBgRIAEoCCJuCgZNZW1iZXISDwoHdXNlcl9pZBgBIAEoCRIkCgRyb2xlGAIgASgOMhYucGFybGV5LmNsaWVudC52MS5Sb2xlEi0KCWpvaW5lZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibwoHQ29udGFjdBIkCgR1c2VyGAEgASgLMhYucGFybGV5LmNsaWVudC52MS5Vc2VyEhAKCG5pY2tuYW1lGAIgASgJEiwKCGFkZGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpNCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX01FTUJFUhABEg4KClJPTEVfQURNSU4QAhIOCgpST0xFX09XTkVSEAMqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A registered account, as other users see it.
@@ -86,6 +86,8 @@ export type Message = Message$1<"parley.client.v1.Message"> & {
   clientMsgId: string;
 
   /**
+   * Empty for events.
+   *
    * @generated from field: string body = 7;
    */
   body: string;
@@ -94,6 +96,14 @@ export type Message = Message$1<"parley.client.v1.Message"> & {
    * @generated from field: google.protobuf.Timestamp sent_at = 8;
    */
   sentAt?: Timestamp | undefined;
+
+  /**
+   * Set on the messages the platform writes into a conversation when its membership
+   * or settings change; sender_id is the user who made the change.
+   *
+   * @generated from field: parley.client.v1.ConversationEvent event = 9;
+   */
+  event?: ConversationEvent | undefined;
 };
 
 /**
@@ -102,6 +112,202 @@ export type Message = Message$1<"parley.client.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_parley_client_v1_types, 1);
+
+/**
+ * A change to a conversation, stored in its history in sequence with the messages.
+ *
+ * @generated from message parley.client.v1.ConversationEvent
+ */
+export type ConversationEvent = Message$1<"parley.client.v1.ConversationEvent"> & {
+  /**
+   * @generated from oneof parley.client.v1.ConversationEvent.kind
+   */
+  kind: {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.GroupCreated group_created = 1;
+     */
+    value: ConversationEvent_GroupCreated;
+    case: "groupCreated";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.MembersAdded members_added = 2;
+     */
+    value: ConversationEvent_MembersAdded;
+    case: "membersAdded";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.MemberRemoved member_removed = 3;
+     */
+    value: ConversationEvent_MemberRemoved;
+    case: "memberRemoved";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.MemberLeft member_left = 4;
+     */
+    value: ConversationEvent_MemberLeft;
+    case: "memberLeft";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.RoleChanged role_changed = 5;
+     */
+    value: ConversationEvent_RoleChanged;
+    case: "roleChanged";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.GroupUpdated group_updated = 6;
+     */
+    value: ConversationEvent_GroupUpdated;
+    case: "groupUpdated";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ConversationEvent.GroupDeleted group_deleted = 7;
+     */
+    value: ConversationEvent_GroupDeleted;
+    case: "groupDeleted";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.
+ * Use `create(ConversationEventSchema)` to create a new message.
+ */
+export const ConversationEventSchema: GenMessage<ConversationEvent> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.GroupCreated
+ */
+export type ConversationEvent_GroupCreated = Message$1<"parley.client.v1.ConversationEvent.GroupCreated"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string topic = 2;
+   */
+  topic: string;
+
+  /**
+   * @generated from field: repeated string member_ids = 3;
+   */
+  memberIds: string[];
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.GroupCreated.
+ * Use `create(ConversationEvent_GroupCreatedSchema)` to create a new message.
+ */
+export const ConversationEvent_GroupCreatedSchema: GenMessage<ConversationEvent_GroupCreated> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 0);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.MembersAdded
+ */
+export type ConversationEvent_MembersAdded = Message$1<"parley.client.v1.ConversationEvent.MembersAdded"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.MembersAdded.
+ * Use `create(ConversationEvent_MembersAddedSchema)` to create a new message.
+ */
+export const ConversationEvent_MembersAddedSchema: GenMessage<ConversationEvent_MembersAdded> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 1);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.MemberRemoved
+ */
+export type ConversationEvent_MemberRemoved = Message$1<"parley.client.v1.ConversationEvent.MemberRemoved"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.MemberRemoved.
+ * Use `create(ConversationEvent_MemberRemovedSchema)` to create a new message.
+ */
+export const ConversationEvent_MemberRemovedSchema: GenMessage<ConversationEvent_MemberRemoved> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 2);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.MemberLeft
+ */
+export type ConversationEvent_MemberLeft = Message$1<"parley.client.v1.ConversationEvent.MemberLeft"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.MemberLeft.
+ * Use `create(ConversationEvent_MemberLeftSchema)` to create a new message.
+ */
+export const ConversationEvent_MemberLeftSchema: GenMessage<ConversationEvent_MemberLeft> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 3);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.RoleChanged
+ */
+export type ConversationEvent_RoleChanged = Message$1<"parley.client.v1.ConversationEvent.RoleChanged"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: parley.client.v1.Role role = 2;
+   */
+  role: Role;
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.RoleChanged.
+ * Use `create(ConversationEvent_RoleChangedSchema)` to create a new message.
+ */
+export const ConversationEvent_RoleChangedSchema: GenMessage<ConversationEvent_RoleChanged> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 4);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.GroupUpdated
+ */
+export type ConversationEvent_GroupUpdated = Message$1<"parley.client.v1.ConversationEvent.GroupUpdated"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string topic = 2;
+   */
+  topic: string;
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.GroupUpdated.
+ * Use `create(ConversationEvent_GroupUpdatedSchema)` to create a new message.
+ */
+export const ConversationEvent_GroupUpdatedSchema: GenMessage<ConversationEvent_GroupUpdated> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 5);
+
+/**
+ * @generated from message parley.client.v1.ConversationEvent.GroupDeleted
+ */
+export type ConversationEvent_GroupDeleted = Message$1<"parley.client.v1.ConversationEvent.GroupDeleted"> & {
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationEvent.GroupDeleted.
+ * Use `create(ConversationEvent_GroupDeletedSchema)` to create a new message.
+ */
+export const ConversationEvent_GroupDeletedSchema: GenMessage<ConversationEvent_GroupDeleted> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 2, 6);
 
 /**
  * @generated from message parley.client.v1.Conversation
@@ -140,6 +346,76 @@ export type Conversation = Message$1<"parley.client.v1.Conversation"> & {
    * @generated from field: google.protobuf.Timestamp last_activity_at = 6;
    */
   lastActivityAt?: Timestamp | undefined;
+
+  /**
+   * Groups: name, topic and number of active members (member_ids is empty; page
+   * through GroupService.ListMembers).
+   *
+   * @generated from field: string name = 7;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string topic = 8;
+   */
+  topic: string;
+
+  /**
+   * @generated from field: uint32 member_count = 9;
+   */
+  memberCount: number;
+
+  /**
+   * The caller's own membership and settings.
+   *
+   * @generated from field: parley.client.v1.Role role = 10;
+   */
+  role: Role;
+
+  /**
+   * False when the caller left or was removed: history up to left_seq stays readable.
+   *
+   * @generated from field: bool active = 11;
+   */
+  active: boolean;
+
+  /**
+   * @generated from field: uint64 left_seq = 12;
+   */
+  leftSeq: bigint;
+
+  /**
+   * @generated from field: bool muted = 13;
+   */
+  muted: boolean;
+
+  /**
+   * The caller has read everything up to here (any of their devices).
+   *
+   * @generated from field: uint64 read_seq = 14;
+   */
+  readSeq: bigint;
+
+  /**
+   * Messages after read_seq (up to last_seq, or left_seq when no longer a member).
+   *
+   * @generated from field: uint64 unread_count = 15;
+   */
+  unreadCount: bigint;
+
+  /**
+   * ListConversations: the newest message the caller may read (a preview).
+   *
+   * @generated from field: parley.client.v1.Message last_message = 16;
+   */
+  lastMessage?: Message | undefined;
+
+  /**
+   * Direct conversations: true when a block (either way) makes it read-only.
+   *
+   * @generated from field: bool blocked = 17;
+   */
+  blocked: boolean;
 };
 
 /**
@@ -147,7 +423,98 @@ export type Conversation = Message$1<"parley.client.v1.Conversation"> & {
  * Use `create(ConversationSchema)` to create a new message.
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_types, 2);
+  messageDesc(file_parley_client_v1_types, 3);
+
+/**
+ * A member of a group, as ListMembers shows them.
+ *
+ * @generated from message parley.client.v1.Member
+ */
+export type Member = Message$1<"parley.client.v1.Member"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: parley.client.v1.Role role = 2;
+   */
+  role: Role;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp joined_at = 3;
+   */
+  joinedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.client.v1.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 4);
+
+/**
+ * An entry of the caller's contact list.
+ *
+ * @generated from message parley.client.v1.Contact
+ */
+export type Contact = Message$1<"parley.client.v1.Contact"> & {
+  /**
+   * @generated from field: parley.client.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * The caller's own name for this contact; at most 64 characters.
+   *
+   * @generated from field: string nickname = 2;
+   */
+  nickname: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp added_at = 3;
+   */
+  addedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.client.v1.Contact.
+ * Use `create(ContactSchema)` to create a new message.
+ */
+export const ContactSchema: GenMessage<Contact> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_types, 5);
+
+/**
+ * @generated from enum parley.client.v1.Role
+ */
+export enum Role {
+  /**
+   * @generated from enum value: ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ROLE_MEMBER = 1;
+   */
+  MEMBER = 1,
+
+  /**
+   * @generated from enum value: ROLE_ADMIN = 2;
+   */
+  ADMIN = 2,
+
+  /**
+   * @generated from enum value: ROLE_OWNER = 3;
+   */
+  OWNER = 3,
+}
+
+/**
+ * Describes the enum parley.client.v1.Role.
+ */
+export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
+  enumDesc(file_parley_client_v1_types, 0);
 
 /**
  * @generated from enum parley.client.v1.ConversationKind
@@ -173,5 +540,5 @@ export enum ConversationKind {
  * Describes the enum parley.client.v1.ConversationKind.
  */
 export const ConversationKindSchema: GenEnum<ConversationKind> = /*@__PURE__*/
-  enumDesc(file_parley_client_v1_types, 0);
+  enumDesc(file_parley_client_v1_types, 1);
 

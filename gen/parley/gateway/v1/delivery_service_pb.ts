@@ -10,20 +10,81 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/gateway/v1/delivery_service.proto.
  */
 export const file_parley_gateway_v1_delivery_service: GenFile = /*@__PURE__*/
-  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSJNCghFbnZlbG9wZRIQCgh1c2VyX2lkcxgBIAMoCRIUCgxzZXJ2ZXJfZnJhbWUYAiABKAwSGQoRZXhjbHVkZV9kZXZpY2VfaWQYAyABKAkiQAoORGVsaXZlclJlcXVlc3QSLgoJZW52ZWxvcGVzGAEgAygLMhsucGFybGV5LmdhdGV3YXkudjEuRW52ZWxvcGUiRAoPRGVsaXZlclJlc3BvbnNlEhgKEGRlbGl2ZXJlZF9mcmFtZXMYASABKA0SFwoPYWJzZW50X3VzZXJfaWRzGAIgAygJMmMKD0RlbGl2ZXJ5U2VydmljZRJQCgdEZWxpdmVyEiEucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlcXVlc3QaIi5wYXJsZXkuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIRCg9HZXRTdGF0c1JlcXVlc3QikQEKEEdldFN0YXRzUmVzcG9uc2USEwoLY29ubmVjdGlvbnMYASABKA0SEQoJZnJhbWVzX2luGAIgASgEEhIKCmZyYW1lc19vdXQYAyABKAQSFQoNZGVsaXZlcl9jYWxscxgEIAEoBBIRCgllbnZlbG9wZXMYBSABKAQSFwoPdG9waWNfcHVibGlzaGVzGAYgASgEIqUBCghFbnZlbG9wZRIQCgh1c2VyX2lkcxgBIAMoCRIUCgxzZXJ2ZXJfZnJhbWUYAiABKAwSGQoRZXhjbHVkZV9kZXZpY2VfaWQYAyABKAkSHQoVdG9waWNfY29udmVyc2F0aW9uX2lkGAQgASgJEjcKCm1lbWJlcnNoaXAYBSABKAsyIy5wYXJsZXkuZ2F0ZXdheS52MS5NZW1iZXJzaGlwVXBkYXRlImwKEE1lbWJlcnNoaXBVcGRhdGUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD2pvaW5lZF91c2VyX2lkcxgCIAMoCRIVCg1sZWZ0X3VzZXJfaWRzGAMgAygJEg8KB2RlbGV0ZWQYBCABKAgiQAoORGVsaXZlclJlcXVlc3QSLgoJZW52ZWxvcGVzGAEgAygLMhsucGFybGV5LmdhdGV3YXkudjEuRW52ZWxvcGUiWwoPRGVsaXZlclJlc3BvbnNlEhgKEGRlbGl2ZXJlZF9mcmFtZXMYASABKA0SFwoPYWJzZW50X3VzZXJfaWRzGAIgAygJEhUKDWFic2VudF90b3BpY3MYAyADKAkyuAEKD0RlbGl2ZXJ5U2VydmljZRJQCgdEZWxpdmVyEiEucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlcXVlc3QaIi5wYXJsZXkuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2USUwoIR2V0U3RhdHMSIi5wYXJsZXkuZ2F0ZXdheS52MS5HZXRTdGF0c1JlcXVlc3QaIy5wYXJsZXkuZ2F0ZXdheS52MS5HZXRTdGF0c1Jlc3BvbnNlYgZwcm90bzM");
+
+/**
+ * @generated from message parley.gateway.v1.GetStatsRequest
+ */
+export type GetStatsRequest = Message<"parley.gateway.v1.GetStatsRequest"> & {
+};
+
+/**
+ * Describes the message parley.gateway.v1.GetStatsRequest.
+ * Use `create(GetStatsRequestSchema)` to create a new message.
+ */
+export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_gateway_v1_delivery_service, 0);
+
+/**
+ * @generated from message parley.gateway.v1.GetStatsResponse
+ */
+export type GetStatsResponse = Message<"parley.gateway.v1.GetStatsResponse"> & {
+  /**
+   * Open client connections.
+   *
+   * @generated from field: uint32 connections = 1;
+   */
+  connections: number;
+
+  /**
+   * @generated from field: uint64 frames_in = 2;
+   */
+  framesIn: bigint;
+
+  /**
+   * @generated from field: uint64 frames_out = 3;
+   */
+  framesOut: bigint;
+
+  /**
+   * Deliver calls served, envelopes in them, and topic publishes they caused.
+   *
+   * @generated from field: uint64 deliver_calls = 4;
+   */
+  deliverCalls: bigint;
+
+  /**
+   * @generated from field: uint64 envelopes = 5;
+   */
+  envelopes: bigint;
+
+  /**
+   * @generated from field: uint64 topic_publishes = 6;
+   */
+  topicPublishes: bigint;
+};
+
+/**
+ * Describes the message parley.gateway.v1.GetStatsResponse.
+ * Use `create(GetStatsResponseSchema)` to create a new message.
+ */
+export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_gateway_v1_delivery_service, 1);
 
 /**
  * @generated from message parley.gateway.v1.Envelope
  */
 export type Envelope = Message<"parley.gateway.v1.Envelope"> & {
   /**
+   * Direct delivery: every device of these users on this gateway.
+   *
    * @generated from field: repeated string user_ids = 1;
    */
   userIds: string[];
 
   /**
    * A parley.client.v1.ServerFrame in the protobuf binary encoding, encoded once
-   * by the router for all recipients.
+   * by the router for all recipients. May be empty for a pure membership update.
    *
    * @generated from field: bytes server_frame = 2;
    */
@@ -35,6 +96,24 @@ export type Envelope = Message<"parley.gateway.v1.Envelope"> & {
    * @generated from field: string exclude_device_id = 3;
    */
   excludeDeviceId: string;
+
+  /**
+   * Group delivery: every device on this gateway subscribed to this conversation
+   * (its members' devices, subscribed on connect), through one uWebSockets.js topic
+   * publish. The router names no users: the cost of a group message is one envelope
+   * per gateway whatever the number of members.
+   *
+   * @generated from field: string topic_conversation_id = 4;
+   */
+  topicConversationId: string;
+
+  /**
+   * Applied in envelope order: joins before the frame is written (new members get
+   * it), leaves after it (removed members learn they were removed).
+   *
+   * @generated from field: parley.gateway.v1.MembershipUpdate membership = 5;
+   */
+  membership?: MembershipUpdate | undefined;
 };
 
 /**
@@ -42,7 +121,45 @@ export type Envelope = Message<"parley.gateway.v1.Envelope"> & {
  * Use `create(EnvelopeSchema)` to create a new message.
  */
 export const EnvelopeSchema: GenMessage<Envelope> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_delivery_service, 0);
+  messageDesc(file_parley_gateway_v1_delivery_service, 2);
+
+/**
+ * @generated from message parley.gateway.v1.MembershipUpdate
+ */
+export type MembershipUpdate = Message<"parley.gateway.v1.MembershipUpdate"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Their devices on this gateway subscribe to the conversation.
+   *
+   * @generated from field: repeated string joined_user_ids = 2;
+   */
+  joinedUserIds: string[];
+
+  /**
+   * Their devices on this gateway unsubscribe.
+   *
+   * @generated from field: repeated string left_user_ids = 3;
+   */
+  leftUserIds: string[];
+
+  /**
+   * Everyone here unsubscribes.
+   *
+   * @generated from field: bool deleted = 4;
+   */
+  deleted: boolean;
+};
+
+/**
+ * Describes the message parley.gateway.v1.MembershipUpdate.
+ * Use `create(MembershipUpdateSchema)` to create a new message.
+ */
+export const MembershipUpdateSchema: GenMessage<MembershipUpdate> = /*@__PURE__*/
+  messageDesc(file_parley_gateway_v1_delivery_service, 3);
 
 /**
  * @generated from message parley.gateway.v1.DeliverRequest
@@ -59,7 +176,7 @@ export type DeliverRequest = Message<"parley.gateway.v1.DeliverRequest"> & {
  * Use `create(DeliverRequestSchema)` to create a new message.
  */
 export const DeliverRequestSchema: GenMessage<DeliverRequest> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_delivery_service, 1);
+  messageDesc(file_parley_gateway_v1_delivery_service, 4);
 
 /**
  * @generated from message parley.gateway.v1.DeliverResponse
@@ -79,6 +196,14 @@ export type DeliverResponse = Message<"parley.gateway.v1.DeliverResponse"> & {
    * @generated from field: repeated string absent_user_ids = 2;
    */
   absentUserIds: string[];
+
+  /**
+   * Topics of envelopes with no subscriber on this gateway (a stale entry in the
+   * registry's conversation index).
+   *
+   * @generated from field: repeated string absent_topics = 3;
+   */
+  absentTopics: string[];
 };
 
 /**
@@ -86,7 +211,7 @@ export type DeliverResponse = Message<"parley.gateway.v1.DeliverResponse"> & {
  * Use `create(DeliverResponseSchema)` to create a new message.
  */
 export const DeliverResponseSchema: GenMessage<DeliverResponse> = /*@__PURE__*/
-  messageDesc(file_parley_gateway_v1_delivery_service, 2);
+  messageDesc(file_parley_gateway_v1_delivery_service, 5);
 
 /**
  * Served by every gateway on its internal port; routers call it directly.
@@ -105,6 +230,16 @@ export const DeliveryService: GenService<{
     methodKind: "unary";
     input: typeof DeliverRequestSchema;
     output: typeof DeliverResponseSchema;
+  },
+  /**
+   * Counters of this gateway since it started (operations, tests and benchmarks).
+   *
+   * @generated from rpc parley.gateway.v1.DeliveryService.GetStats
+   */
+  getStats: {
+    methodKind: "unary";
+    input: typeof GetStatsRequestSchema;
+    output: typeof GetStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_gateway_v1_delivery_service, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/groups/v1/groups_service.proto.
  */
 export const file_parley_groups_v1_groups_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvZ3JvdXBzL3YxL2dyb3Vwc19zZXJ2aWNlLnByb3RvEhBwYXJsZXkuZ3JvdXBzLnYxIq4BCgxDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEjAKBGtpbmQYAiABKA4yIi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbktpbmQSEgoKbWVtYmVyX2lkcxgDIAMoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAUgASgEIk0KJEdldE9yQ3JlYXRlRGlyZWN0Q29udmVyc2F0aW9uUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCSJuCiVHZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvblJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEg8KB2NyZWF0ZWQYAiABKAgiMQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiTwoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USNAoMY29udmVyc2F0aW9uGAEgASgLMh4ucGFybGV5Lmdyb3Vwcy52MS5Db252ZXJzYXRpb24iLwocTGlzdFVzZXJDb252ZXJzYXRpb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIlYKHUxpc3RVc2VyQ29udmVyc2F0aW9uc1Jlc3BvbnNlEjUKDWNvbnZlcnNhdGlvbnMYASADKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbipwChBDb252ZXJzYXRpb25LaW5kEiEKHUNPTlZFUlNBVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASHAoYQ09OVkVSU0FUSU9OX0tJTkRfRElSRUNUEAESGwoXQ09OVkVSU0FUSU9OX0tJTkRfR1JPVVAQAjKEAwoNR3JvdXBzU2VydmljZRKQAQodR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb24SNi5wYXJsZXkuZ3JvdXBzLnYxLkdldE9yQ3JlYXRlRGlyZWN0Q29udmVyc2F0aW9uUmVxdWVzdBo3LnBhcmxleS5ncm91cHMudjEuR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5wYXJsZXkuZ3JvdXBzLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5wYXJsZXkuZ3JvdXBzLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEngKFUxpc3RVc2VyQ29udmVyc2F0aW9ucxIuLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJDb252ZXJzYXRpb25zUmVxdWVzdBovLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJDb252ZXJzYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiVwYXJsZXkvZ3JvdXBzL3YxL2dyb3Vwc19zZXJ2aWNlLnByb3RvEhBwYXJsZXkuZ3JvdXBzLnYxIo8CCgxDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEjAKBGtpbmQYAiABKA4yIi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbktpbmQSEgoKbWVtYmVyX2lkcxgDIAMoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAUgASgEEgwKBG5hbWUYBiABKAkSDQoFdG9waWMYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIUCgxtZW1iZXJfY291bnQYCSABKA0SGAoQYmxvY2tlZF91c2VyX2lkcxgKIAMoCSLPAQoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnBhcmxleS5ncm91cHMudjEuUm9sZRIsCgVzdGF0ZRgDIAEoDjIdLnBhcmxleS5ncm91cHMudjEuTWVtYmVyU3RhdGUSLQoJam9pbmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghsZWZ0X3NlcRgFIAEoBBIQCghyZWFkX3NlcRgGIAEoBBINCgVtdXRlZBgHIAEoCCJNCiRHZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxwZWVyX3VzZXJfaWQYAiABKAkibgolR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXNwb25zZRI0Cgxjb252ZXJzYXRpb24YASABKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbhIPCgdjcmVhdGVkGAIgASgIIjEKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uIkAKE0NoZWNrTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJImYKFENoZWNrTWVtYmVyc1Jlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEhgKEGFsbG93ZWRfdXNlcl9pZHMYAiADKAkiQAoUR2V0TWVtYmVyc2hpcFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkidwoVR2V0TWVtYmVyc2hpcFJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEigKBm1lbWJlchgCIAEoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyIi8KHExpc3RVc2VyQ29udmVyc2F0aW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJyChBVc2VyQ29udmVyc2F0aW9uEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEigKBm1lbWJlchgCIAEoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyIloKHUxpc3RVc2VyQ29udmVyc2F0aW9uc1Jlc3BvbnNlEjkKDWNvbnZlcnNhdGlvbnMYASADKAsyIi5wYXJsZXkuZ3JvdXBzLnYxLlVzZXJDb252ZXJzYXRpb24iKwoXTGlzdFVzZXJHcm91cElkc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkiOQoMVXNlckdyb3VwSWRzEg8KB3VzZXJfaWQYASABKAkSGAoQY29udmVyc2F0aW9uX2lkcxgCIAMoCSJJChhMaXN0VXNlckdyb3VwSWRzUmVzcG9uc2USLQoFdXNlcnMYASADKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLlVzZXJHcm91cElkcyJXChJDcmVhdGVHcm91cFJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgV0b3BpYxgDIAEoCRISCgptZW1iZXJfaWRzGAQgAygJIksKE0NyZWF0ZUdyb3VwUmVzcG9uc2USNAoMY29udmVyc2F0aW9uGAEgASgLMh4ucGFybGV5Lmdyb3Vwcy52MS5Db252ZXJzYXRpb24ieQoSVXBkYXRlR3JvdXBSZXF1ZXN0EhAKCGFjdG9yX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESEgoFdG9waWMYBCABKAlIAYgBAUIHCgVfbmFtZUIICgZfdG9waWMiSwoTVXBkYXRlR3JvdXBSZXNwb25zZRI0Cgxjb252ZXJzYXRpb24YASABKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbiI/ChJEZWxldGVHcm91cFJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJIhUKE0RlbGV0ZUdyb3VwUmVzcG9uc2UiZQoSTGlzdE1lbWJlcnNSZXF1ZXN0EhAKCGFjdG9yX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIVCg1hZnRlcl91c2VyX2lkGAMgASgJEg0KBWxpbWl0GAQgASgNIlwKE0xpc3RNZW1iZXJzUmVzcG9uc2USKQoHbWVtYmVycxgBIAMoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyEhoKEm5leHRfYWZ0ZXJfdXNlcl9pZBgCIAEoCSJQChFBZGRNZW1iZXJzUmVxdWVzdBIQCghhY3Rvcl9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEAoIdXNlcl9pZHMYAyADKAkiSgoSQWRkTWVtYmVyc1Jlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uIlEKE1JlbW92ZU1lbWJlclJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkiFgoUUmVtb3ZlTWVtYmVyUmVzcG9uc2UieAoUU2V0TWVtYmVyUm9sZVJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJAoEcm9sZRgEIAEoDjIWLnBhcmxleS5ncm91cHMudjEuUm9sZSIXChVTZXRNZW1iZXJSb2xlUmVzcG9uc2UiSgoPU2V0TXV0ZWRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg0KBW11dGVkGAMgASgIIhIKEFNldE11dGVkUmVzcG9uc2UiQwoKUmVhZEN1cnNvchIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQiSgoZQWR2YW5jZVJlYWRDdXJzb3JzUmVxdWVzdBItCgdjdXJzb3JzGAEgAygLMhwucGFybGV5Lmdyb3Vwcy52MS5SZWFkQ3Vyc29yIhwKGkFkdmFuY2VSZWFkQ3Vyc29yc1Jlc3BvbnNlIjwKEEJsb2NrVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIXCg9ibG9ja2VkX3VzZXJfaWQYAiABKAkiEwoRQmxvY2tVc2VyUmVzcG9uc2UiPgoSVW5ibG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPYmxvY2tlZF91c2VyX2lkGAIgASgJIhUKE1VuYmxvY2tVc2VyUmVzcG9uc2UiKgoXTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIsChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAIqTQoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9NRU1CRVIQARIOCgpST0xFX0FETUlOEAISDgoKUk9MRV9PV05FUhADKlsKC01lbWJlclN0YXRlEhwKGE1FTUJFUl9TVEFURV9VTlNQRUNJRklFRBAAEhcKE01FTUJFUl9TVEFURV9BQ1RJVkUQARIVChFNRU1CRVJfU1RBVEVfTEVGVBACMpsOCg1Hcm91cHNTZXJ2aWNlEpABCh1HZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvbhI2LnBhcmxleS5ncm91cHMudjEuR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXF1ZXN0GjcucGFybGV5Lmdyb3Vwcy52MS5HZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvblJlc3BvbnNlEmYKD0dldENvbnZlcnNhdGlvbhIoLnBhcmxleS5ncm91cHMudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBopLnBhcmxleS5ncm91cHMudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USXQoMQ2hlY2tNZW1iZXJzEiUucGFybGV5Lmdyb3Vwcy52MS5DaGVja01lbWJlcnNSZXF1ZXN0GiYucGFybGV5Lmdyb3Vwcy52MS5DaGVja01lbWJlcnNSZXNwb25zZRJgCg1HZXRNZW1iZXJzaGlwEiYucGFybGV5Lmdyb3Vwcy52MS5HZXRNZW1iZXJzaGlwUmVxdWVzdBonLnBhcmxleS5ncm91cHMudjEuR2V0TWVtYmVyc2hpcFJlc3BvbnNlEngKFUxpc3RVc2VyQ29udmVyc2F0aW9ucxIuLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJDb252ZXJzYXRpb25zUmVxdWVzdBovLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJDb252ZXJzYXRpb25zUmVzcG9uc2USaQoQTGlzdFVzZXJHcm91cElkcxIpLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJHcm91cElkc1JlcXVlc3QaKi5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RVc2VyR3JvdXBJZHNSZXNwb25zZRJaCgtDcmVhdGVHcm91cBIkLnBhcmxleS5ncm91cHMudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0GiUucGFybGV5Lmdyb3Vwcy52MS5DcmVhdGVHcm91cFJlc3BvbnNlEloKC1VwZGF0ZUdyb3VwEiQucGFybGV5Lmdyb3Vwcy52MS5VcGRhdGVHcm91cFJlcXVlc3QaJS5wYXJsZXkuZ3JvdXBzLnYxLlVwZGF0ZUdyb3VwUmVzcG9uc2USWgoLRGVsZXRlR3JvdXASJC5wYXJsZXkuZ3JvdXBzLnYxLkRlbGV0ZUdyb3VwUmVxdWVzdBolLnBhcmxleS5ncm91cHMudjEuRGVsZXRlR3JvdXBSZXNwb25zZRJaCgtMaXN0TWVtYmVycxIkLnBhcmxleS5ncm91cHMudjEuTGlzdE1lbWJlcnNSZXF1ZXN0GiUucGFybGV5Lmdyb3Vwcy52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlElcKCkFkZE1lbWJlcnMSIy5wYXJsZXkuZ3JvdXBzLnYxLkFkZE1lbWJlcnNSZXF1ZXN0GiQucGFybGV5Lmdyb3Vwcy52MS5BZGRNZW1iZXJzUmVzcG9uc2USXQoMUmVtb3ZlTWVtYmVyEiUucGFybGV5Lmdyb3Vwcy52MS5SZW1vdmVNZW1iZXJSZXF1ZXN0GiYucGFybGV5Lmdyb3Vwcy52MS5SZW1vdmVNZW1iZXJSZXNwb25zZRJgCg1TZXRNZW1iZXJSb2xlEiYucGFybGV5Lmdyb3Vwcy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBonLnBhcmxleS5ncm91cHMudjEuU2V0TWVtYmVyUm9sZVJlc3BvbnNlElEKCFNldE11dGVkEiEucGFybGV5Lmdyb3Vwcy52MS5TZXRNdXRlZFJlcXVlc3QaIi5wYXJsZXkuZ3JvdXBzLnYxLlNldE11dGVkUmVzcG9uc2USbwoSQWR2YW5jZVJlYWRDdXJzb3JzEisucGFybGV5Lmdyb3Vwcy52MS5BZHZhbmNlUmVhZEN1cnNvcnNSZXF1ZXN0GiwucGFybGV5Lmdyb3Vwcy52MS5BZHZhbmNlUmVhZEN1cnNvcnNSZXNwb25zZRJUCglCbG9ja1VzZXISIi5wYXJsZXkuZ3JvdXBzLnYxLkJsb2NrVXNlclJlcXVlc3QaIy5wYXJsZXkuZ3JvdXBzLnYxLkJsb2NrVXNlclJlc3BvbnNlEloKC1VuYmxvY2tVc2VyEiQucGFybGV5Lmdyb3Vwcy52MS5VbmJsb2NrVXNlclJlcXVlc3QaJS5wYXJsZXkuZ3JvdXBzLnYxLlVuYmxvY2tVc2VyUmVzcG9uc2USaQoQTGlzdEJsb2NrZWRVc2VycxIpLnBhcmxleS5ncm91cHMudjEuTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QaKi5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RCbG9ja2VkVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message parley.groups.v1.Conversation
@@ -29,6 +29,8 @@ export type Conversation = Message<"parley.groups.v1.Conversation"> & {
   kind: ConversationKind;
 
   /**
+   * Direct conversations: both users. Groups: empty (use ListMembers).
+   *
    * @generated from field: repeated string member_ids = 3;
    */
   memberIds: string[];
@@ -39,11 +41,42 @@ export type Conversation = Message<"parley.groups.v1.Conversation"> & {
   createdAt?: Timestamp | undefined;
 
   /**
-   * Bumped on every membership change, so caches can tell stale copies.
+   * Bumped on every change of membership or settings, so caches can tell stale copies.
    *
    * @generated from field: uint64 version = 5;
    */
   version: bigint;
+
+  /**
+   * Groups only.
+   *
+   * @generated from field: string name = 6;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string topic = 7;
+   */
+  topic: string;
+
+  /**
+   * @generated from field: string created_by = 8;
+   */
+  createdBy: string;
+
+  /**
+   * Active members.
+   *
+   * @generated from field: uint32 member_count = 9;
+   */
+  memberCount: number;
+
+  /**
+   * Direct conversations: users who may not send (a block exists in either direction: both).
+   *
+   * @generated from field: repeated string blocked_user_ids = 10;
+   */
+  blockedUserIds: string[];
 };
 
 /**
@@ -52,6 +85,58 @@ export type Conversation = Message<"parley.groups.v1.Conversation"> & {
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
   messageDesc(file_parley_groups_v1_groups_service, 0);
+
+/**
+ * @generated from message parley.groups.v1.Member
+ */
+export type Member = Message<"parley.groups.v1.Member"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: parley.groups.v1.Role role = 2;
+   */
+  role: Role;
+
+  /**
+   * @generated from field: parley.groups.v1.MemberState state = 3;
+   */
+  state: MemberState;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp joined_at = 4;
+   */
+  joinedAt?: Timestamp | undefined;
+
+  /**
+   * State LEFT: the last sequence number this user may read (the event of their
+   * leaving); 0 while that event is not stored yet.
+   *
+   * @generated from field: uint64 left_seq = 5;
+   */
+  leftSeq: bigint;
+
+  /**
+   * Everything up to here was read (by any of the user's devices).
+   *
+   * @generated from field: uint64 read_seq = 6;
+   */
+  readSeq: bigint;
+
+  /**
+   * @generated from field: bool muted = 7;
+   */
+  muted: boolean;
+};
+
+/**
+ * Describes the message parley.groups.v1.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 1);
 
 /**
  * @generated from message parley.groups.v1.GetOrCreateDirectConversationRequest
@@ -73,7 +158,7 @@ export type GetOrCreateDirectConversationRequest = Message<"parley.groups.v1.Get
  * Use `create(GetOrCreateDirectConversationRequestSchema)` to create a new message.
  */
 export const GetOrCreateDirectConversationRequestSchema: GenMessage<GetOrCreateDirectConversationRequest> = /*@__PURE__*/
-  messageDesc(file_parley_groups_v1_groups_service, 1);
+  messageDesc(file_parley_groups_v1_groups_service, 2);
 
 /**
  * @generated from message parley.groups.v1.GetOrCreateDirectConversationResponse
@@ -95,7 +180,7 @@ export type GetOrCreateDirectConversationResponse = Message<"parley.groups.v1.Ge
  * Use `create(GetOrCreateDirectConversationResponseSchema)` to create a new message.
  */
 export const GetOrCreateDirectConversationResponseSchema: GenMessage<GetOrCreateDirectConversationResponse> = /*@__PURE__*/
-  messageDesc(file_parley_groups_v1_groups_service, 2);
+  messageDesc(file_parley_groups_v1_groups_service, 3);
 
 /**
  * @generated from message parley.groups.v1.GetConversationRequest
@@ -112,7 +197,7 @@ export type GetConversationRequest = Message<"parley.groups.v1.GetConversationRe
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_parley_groups_v1_groups_service, 3);
+  messageDesc(file_parley_groups_v1_groups_service, 4);
 
 /**
  * @generated from message parley.groups.v1.GetConversationResponse
@@ -129,7 +214,97 @@ export type GetConversationResponse = Message<"parley.groups.v1.GetConversationR
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_parley_groups_v1_groups_service, 4);
+  messageDesc(file_parley_groups_v1_groups_service, 5);
+
+/**
+ * @generated from message parley.groups.v1.CheckMembersRequest
+ */
+export type CheckMembersRequest = Message<"parley.groups.v1.CheckMembersRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: repeated string user_ids = 2;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.CheckMembersRequest.
+ * Use `create(CheckMembersRequestSchema)` to create a new message.
+ */
+export const CheckMembersRequestSchema: GenMessage<CheckMembersRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 6);
+
+/**
+ * @generated from message parley.groups.v1.CheckMembersResponse
+ */
+export type CheckMembersResponse = Message<"parley.groups.v1.CheckMembersResponse"> & {
+  /**
+   * @generated from field: parley.groups.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+
+  /**
+   * The asked users that are active members and may send.
+   *
+   * @generated from field: repeated string allowed_user_ids = 2;
+   */
+  allowedUserIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.CheckMembersResponse.
+ * Use `create(CheckMembersResponseSchema)` to create a new message.
+ */
+export const CheckMembersResponseSchema: GenMessage<CheckMembersResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 7);
+
+/**
+ * @generated from message parley.groups.v1.GetMembershipRequest
+ */
+export type GetMembershipRequest = Message<"parley.groups.v1.GetMembershipRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.GetMembershipRequest.
+ * Use `create(GetMembershipRequestSchema)` to create a new message.
+ */
+export const GetMembershipRequestSchema: GenMessage<GetMembershipRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 8);
+
+/**
+ * @generated from message parley.groups.v1.GetMembershipResponse
+ */
+export type GetMembershipResponse = Message<"parley.groups.v1.GetMembershipResponse"> & {
+  /**
+   * @generated from field: parley.groups.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+
+  /**
+   * @generated from field: parley.groups.v1.Member member = 2;
+   */
+  member?: Member | undefined;
+};
+
+/**
+ * Describes the message parley.groups.v1.GetMembershipResponse.
+ * Use `create(GetMembershipResponseSchema)` to create a new message.
+ */
+export const GetMembershipResponseSchema: GenMessage<GetMembershipResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 9);
 
 /**
  * @generated from message parley.groups.v1.ListUserConversationsRequest
@@ -146,16 +321,38 @@ export type ListUserConversationsRequest = Message<"parley.groups.v1.ListUserCon
  * Use `create(ListUserConversationsRequestSchema)` to create a new message.
  */
 export const ListUserConversationsRequestSchema: GenMessage<ListUserConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_groups_v1_groups_service, 5);
+  messageDesc(file_parley_groups_v1_groups_service, 10);
+
+/**
+ * @generated from message parley.groups.v1.UserConversation
+ */
+export type UserConversation = Message<"parley.groups.v1.UserConversation"> & {
+  /**
+   * @generated from field: parley.groups.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+
+  /**
+   * @generated from field: parley.groups.v1.Member member = 2;
+   */
+  member?: Member | undefined;
+};
+
+/**
+ * Describes the message parley.groups.v1.UserConversation.
+ * Use `create(UserConversationSchema)` to create a new message.
+ */
+export const UserConversationSchema: GenMessage<UserConversation> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 11);
 
 /**
  * @generated from message parley.groups.v1.ListUserConversationsResponse
  */
 export type ListUserConversationsResponse = Message<"parley.groups.v1.ListUserConversationsResponse"> & {
   /**
-   * @generated from field: repeated parley.groups.v1.Conversation conversations = 1;
+   * @generated from field: repeated parley.groups.v1.UserConversation conversations = 1;
    */
-  conversations: Conversation[];
+  conversations: UserConversation[];
 };
 
 /**
@@ -163,7 +360,595 @@ export type ListUserConversationsResponse = Message<"parley.groups.v1.ListUserCo
  * Use `create(ListUserConversationsResponseSchema)` to create a new message.
  */
 export const ListUserConversationsResponseSchema: GenMessage<ListUserConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_groups_v1_groups_service, 6);
+  messageDesc(file_parley_groups_v1_groups_service, 12);
+
+/**
+ * @generated from message parley.groups.v1.ListUserGroupIdsRequest
+ */
+export type ListUserGroupIdsRequest = Message<"parley.groups.v1.ListUserGroupIdsRequest"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.ListUserGroupIdsRequest.
+ * Use `create(ListUserGroupIdsRequestSchema)` to create a new message.
+ */
+export const ListUserGroupIdsRequestSchema: GenMessage<ListUserGroupIdsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 13);
+
+/**
+ * @generated from message parley.groups.v1.UserGroupIds
+ */
+export type UserGroupIds = Message<"parley.groups.v1.UserGroupIds"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: repeated string conversation_ids = 2;
+   */
+  conversationIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.UserGroupIds.
+ * Use `create(UserGroupIdsSchema)` to create a new message.
+ */
+export const UserGroupIdsSchema: GenMessage<UserGroupIds> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 14);
+
+/**
+ * @generated from message parley.groups.v1.ListUserGroupIdsResponse
+ */
+export type ListUserGroupIdsResponse = Message<"parley.groups.v1.ListUserGroupIdsResponse"> & {
+  /**
+   * @generated from field: repeated parley.groups.v1.UserGroupIds users = 1;
+   */
+  users: UserGroupIds[];
+};
+
+/**
+ * Describes the message parley.groups.v1.ListUserGroupIdsResponse.
+ * Use `create(ListUserGroupIdsResponseSchema)` to create a new message.
+ */
+export const ListUserGroupIdsResponseSchema: GenMessage<ListUserGroupIdsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 15);
+
+/**
+ * @generated from message parley.groups.v1.CreateGroupRequest
+ */
+export type CreateGroupRequest = Message<"parley.groups.v1.CreateGroupRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * 1 to 100 characters.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * At most 500 characters.
+   *
+   * @generated from field: string topic = 3;
+   */
+  topic: string;
+
+  /**
+   * Other initial members (the creator is added as OWNER). Distinct, existing users
+   * (the caller checks they exist).
+   *
+   * @generated from field: repeated string member_ids = 4;
+   */
+  memberIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.CreateGroupRequest.
+ * Use `create(CreateGroupRequestSchema)` to create a new message.
+ */
+export const CreateGroupRequestSchema: GenMessage<CreateGroupRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 16);
+
+/**
+ * @generated from message parley.groups.v1.CreateGroupResponse
+ */
+export type CreateGroupResponse = Message<"parley.groups.v1.CreateGroupResponse"> & {
+  /**
+   * @generated from field: parley.groups.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message parley.groups.v1.CreateGroupResponse.
+ * Use `create(CreateGroupResponseSchema)` to create a new message.
+ */
+export const CreateGroupResponseSchema: GenMessage<CreateGroupResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 17);
+
+/**
+ * @generated from message parley.groups.v1.UpdateGroupRequest
+ */
+export type UpdateGroupRequest = Message<"parley.groups.v1.UpdateGroupRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: optional string name = 3;
+   */
+  name?: string | undefined;
+
+  /**
+   * @generated from field: optional string topic = 4;
+   */
+  topic?: string | undefined;
+};
+
+/**
+ * Describes the message parley.groups.v1.UpdateGroupRequest.
+ * Use `create(UpdateGroupRequestSchema)` to create a new message.
+ */
+export const UpdateGroupRequestSchema: GenMessage<UpdateGroupRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 18);
+
+/**
+ * @generated from message parley.groups.v1.UpdateGroupResponse
+ */
+export type UpdateGroupResponse = Message<"parley.groups.v1.UpdateGroupResponse"> & {
+  /**
+   * @generated from field: parley.groups.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message parley.groups.v1.UpdateGroupResponse.
+ * Use `create(UpdateGroupResponseSchema)` to create a new message.
+ */
+export const UpdateGroupResponseSchema: GenMessage<UpdateGroupResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 19);
+
+/**
+ * @generated from message parley.groups.v1.DeleteGroupRequest
+ */
+export type DeleteGroupRequest = Message<"parley.groups.v1.DeleteGroupRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.DeleteGroupRequest.
+ * Use `create(DeleteGroupRequestSchema)` to create a new message.
+ */
+export const DeleteGroupRequestSchema: GenMessage<DeleteGroupRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 20);
+
+/**
+ * @generated from message parley.groups.v1.DeleteGroupResponse
+ */
+export type DeleteGroupResponse = Message<"parley.groups.v1.DeleteGroupResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.DeleteGroupResponse.
+ * Use `create(DeleteGroupResponseSchema)` to create a new message.
+ */
+export const DeleteGroupResponseSchema: GenMessage<DeleteGroupResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 21);
+
+/**
+ * @generated from message parley.groups.v1.ListMembersRequest
+ */
+export type ListMembersRequest = Message<"parley.groups.v1.ListMembersRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string after_user_id = 3;
+   */
+  afterUserId: string;
+
+  /**
+   * 1..1000, default 100.
+   *
+   * @generated from field: uint32 limit = 4;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message parley.groups.v1.ListMembersRequest.
+ * Use `create(ListMembersRequestSchema)` to create a new message.
+ */
+export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 22);
+
+/**
+ * @generated from message parley.groups.v1.ListMembersResponse
+ */
+export type ListMembersResponse = Message<"parley.groups.v1.ListMembersResponse"> & {
+  /**
+   * @generated from field: repeated parley.groups.v1.Member members = 1;
+   */
+  members: Member[];
+
+  /**
+   * Pass as after_user_id for the next page; empty when this is the last.
+   *
+   * @generated from field: string next_after_user_id = 2;
+   */
+  nextAfterUserId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.ListMembersResponse.
+ * Use `create(ListMembersResponseSchema)` to create a new message.
+ */
+export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 23);
+
+/**
+ * @generated from message parley.groups.v1.AddMembersRequest
+ */
+export type AddMembersRequest = Message<"parley.groups.v1.AddMembersRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * 1 to 1,000 distinct users per call.
+   *
+   * @generated from field: repeated string user_ids = 3;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.AddMembersRequest.
+ * Use `create(AddMembersRequestSchema)` to create a new message.
+ */
+export const AddMembersRequestSchema: GenMessage<AddMembersRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 24);
+
+/**
+ * @generated from message parley.groups.v1.AddMembersResponse
+ */
+export type AddMembersResponse = Message<"parley.groups.v1.AddMembersResponse"> & {
+  /**
+   * @generated from field: parley.groups.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message parley.groups.v1.AddMembersResponse.
+ * Use `create(AddMembersResponseSchema)` to create a new message.
+ */
+export const AddMembersResponseSchema: GenMessage<AddMembersResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 25);
+
+/**
+ * @generated from message parley.groups.v1.RemoveMemberRequest
+ */
+export type RemoveMemberRequest = Message<"parley.groups.v1.RemoveMemberRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.RemoveMemberRequest.
+ * Use `create(RemoveMemberRequestSchema)` to create a new message.
+ */
+export const RemoveMemberRequestSchema: GenMessage<RemoveMemberRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 26);
+
+/**
+ * @generated from message parley.groups.v1.RemoveMemberResponse
+ */
+export type RemoveMemberResponse = Message<"parley.groups.v1.RemoveMemberResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.RemoveMemberResponse.
+ * Use `create(RemoveMemberResponseSchema)` to create a new message.
+ */
+export const RemoveMemberResponseSchema: GenMessage<RemoveMemberResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 27);
+
+/**
+ * @generated from message parley.groups.v1.SetMemberRoleRequest
+ */
+export type SetMemberRoleRequest = Message<"parley.groups.v1.SetMemberRoleRequest"> & {
+  /**
+   * @generated from field: string actor_id = 1;
+   */
+  actorId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: parley.groups.v1.Role role = 4;
+   */
+  role: Role;
+};
+
+/**
+ * Describes the message parley.groups.v1.SetMemberRoleRequest.
+ * Use `create(SetMemberRoleRequestSchema)` to create a new message.
+ */
+export const SetMemberRoleRequestSchema: GenMessage<SetMemberRoleRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 28);
+
+/**
+ * @generated from message parley.groups.v1.SetMemberRoleResponse
+ */
+export type SetMemberRoleResponse = Message<"parley.groups.v1.SetMemberRoleResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.SetMemberRoleResponse.
+ * Use `create(SetMemberRoleResponseSchema)` to create a new message.
+ */
+export const SetMemberRoleResponseSchema: GenMessage<SetMemberRoleResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 29);
+
+/**
+ * @generated from message parley.groups.v1.SetMutedRequest
+ */
+export type SetMutedRequest = Message<"parley.groups.v1.SetMutedRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: bool muted = 3;
+   */
+  muted: boolean;
+};
+
+/**
+ * Describes the message parley.groups.v1.SetMutedRequest.
+ * Use `create(SetMutedRequestSchema)` to create a new message.
+ */
+export const SetMutedRequestSchema: GenMessage<SetMutedRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 30);
+
+/**
+ * @generated from message parley.groups.v1.SetMutedResponse
+ */
+export type SetMutedResponse = Message<"parley.groups.v1.SetMutedResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.SetMutedResponse.
+ * Use `create(SetMutedResponseSchema)` to create a new message.
+ */
+export const SetMutedResponseSchema: GenMessage<SetMutedResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 31);
+
+/**
+ * @generated from message parley.groups.v1.ReadCursor
+ */
+export type ReadCursor = Message<"parley.groups.v1.ReadCursor"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message parley.groups.v1.ReadCursor.
+ * Use `create(ReadCursorSchema)` to create a new message.
+ */
+export const ReadCursorSchema: GenMessage<ReadCursor> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 32);
+
+/**
+ * @generated from message parley.groups.v1.AdvanceReadCursorsRequest
+ */
+export type AdvanceReadCursorsRequest = Message<"parley.groups.v1.AdvanceReadCursorsRequest"> & {
+  /**
+   * At most 1,000. Cursors of non-members are ignored.
+   *
+   * @generated from field: repeated parley.groups.v1.ReadCursor cursors = 1;
+   */
+  cursors: ReadCursor[];
+};
+
+/**
+ * Describes the message parley.groups.v1.AdvanceReadCursorsRequest.
+ * Use `create(AdvanceReadCursorsRequestSchema)` to create a new message.
+ */
+export const AdvanceReadCursorsRequestSchema: GenMessage<AdvanceReadCursorsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 33);
+
+/**
+ * @generated from message parley.groups.v1.AdvanceReadCursorsResponse
+ */
+export type AdvanceReadCursorsResponse = Message<"parley.groups.v1.AdvanceReadCursorsResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.AdvanceReadCursorsResponse.
+ * Use `create(AdvanceReadCursorsResponseSchema)` to create a new message.
+ */
+export const AdvanceReadCursorsResponseSchema: GenMessage<AdvanceReadCursorsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 34);
+
+/**
+ * @generated from message parley.groups.v1.BlockUserRequest
+ */
+export type BlockUserRequest = Message<"parley.groups.v1.BlockUserRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string blocked_user_id = 2;
+   */
+  blockedUserId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.BlockUserRequest.
+ * Use `create(BlockUserRequestSchema)` to create a new message.
+ */
+export const BlockUserRequestSchema: GenMessage<BlockUserRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 35);
+
+/**
+ * @generated from message parley.groups.v1.BlockUserResponse
+ */
+export type BlockUserResponse = Message<"parley.groups.v1.BlockUserResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.BlockUserResponse.
+ * Use `create(BlockUserResponseSchema)` to create a new message.
+ */
+export const BlockUserResponseSchema: GenMessage<BlockUserResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 36);
+
+/**
+ * @generated from message parley.groups.v1.UnblockUserRequest
+ */
+export type UnblockUserRequest = Message<"parley.groups.v1.UnblockUserRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string blocked_user_id = 2;
+   */
+  blockedUserId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.UnblockUserRequest.
+ * Use `create(UnblockUserRequestSchema)` to create a new message.
+ */
+export const UnblockUserRequestSchema: GenMessage<UnblockUserRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 37);
+
+/**
+ * @generated from message parley.groups.v1.UnblockUserResponse
+ */
+export type UnblockUserResponse = Message<"parley.groups.v1.UnblockUserResponse"> & {
+};
+
+/**
+ * Describes the message parley.groups.v1.UnblockUserResponse.
+ * Use `create(UnblockUserResponseSchema)` to create a new message.
+ */
+export const UnblockUserResponseSchema: GenMessage<UnblockUserResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 38);
+
+/**
+ * @generated from message parley.groups.v1.ListBlockedUsersRequest
+ */
+export type ListBlockedUsersRequest = Message<"parley.groups.v1.ListBlockedUsersRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.ListBlockedUsersRequest.
+ * Use `create(ListBlockedUsersRequestSchema)` to create a new message.
+ */
+export const ListBlockedUsersRequestSchema: GenMessage<ListBlockedUsersRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 39);
+
+/**
+ * @generated from message parley.groups.v1.ListBlockedUsersResponse
+ */
+export type ListBlockedUsersResponse = Message<"parley.groups.v1.ListBlockedUsersResponse"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message parley.groups.v1.ListBlockedUsersResponse.
+ * Use `create(ListBlockedUsersResponseSchema)` to create a new message.
+ */
+export const ListBlockedUsersResponseSchema: GenMessage<ListBlockedUsersResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 40);
 
 /**
  * @generated from enum parley.groups.v1.ConversationKind
@@ -192,13 +977,81 @@ export const ConversationKindSchema: GenEnum<ConversationKind> = /*@__PURE__*/
   enumDesc(file_parley_groups_v1_groups_service, 0);
 
 /**
- * Conversations and their members.
+ * @generated from enum parley.groups.v1.Role
+ */
+export enum Role {
+  /**
+   * @generated from enum value: ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ROLE_MEMBER = 1;
+   */
+  MEMBER = 1,
+
+  /**
+   * @generated from enum value: ROLE_ADMIN = 2;
+   */
+  ADMIN = 2,
+
+  /**
+   * @generated from enum value: ROLE_OWNER = 3;
+   */
+  OWNER = 3,
+}
+
+/**
+ * Describes the enum parley.groups.v1.Role.
+ */
+export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
+  enumDesc(file_parley_groups_v1_groups_service, 1);
+
+/**
+ * @generated from enum parley.groups.v1.MemberState
+ */
+export enum MemberState {
+  /**
+   * @generated from enum value: MEMBER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: MEMBER_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * Left or was removed (or the group was deleted): reads history up to `left_seq`.
+   *
+   * @generated from enum value: MEMBER_STATE_LEFT = 2;
+   */
+  LEFT = 2,
+}
+
+/**
+ * Describes the enum parley.groups.v1.MemberState.
+ */
+export const MemberStateSchema: GenEnum<MemberState> = /*@__PURE__*/
+  enumDesc(file_parley_groups_v1_groups_service, 2);
+
+/**
+ * Conversations, their members, roles, per-member settings (mute, read cursor) and
+ * blocks between users. Internal: the gateway calls it on behalf of authenticated
+ * users and passes the caller as `actor_id`; every rule about who may do what is
+ * checked here, server-side.
+ *
+ * Every change of a conversation's membership or settings is published to the
+ * conversation's router (RouterService.ApplyConversationChange) through an outbox:
+ * routers drop their cached membership, the change is stored in the conversation's
+ * history as an event message, and gateways re-subscribe the devices concerned.
  *
  * @generated from service parley.groups.v1.GroupsService
  */
 export const GroupsService: GenService<{
   /**
    * Idempotent: the id of a 1:1 conversation is derived from the two user ids.
+   * PERMISSION_DENIED when either user blocked the other and the conversation does not exist yet.
    *
    * @generated from rpc parley.groups.v1.GroupsService.GetOrCreateDirectConversation
    */
@@ -208,6 +1061,8 @@ export const GroupsService: GenService<{
     output: typeof GetOrCreateDirectConversationResponseSchema;
   },
   /**
+   * NOT_FOUND for unknown and deleted conversations.
+   *
    * @generated from rpc parley.groups.v1.GroupsService.GetConversation
    */
   getConversation: {
@@ -216,7 +1071,29 @@ export const GroupsService: GenService<{
     output: typeof GetConversationResponseSchema;
   },
   /**
-   * The conversations a user is a member of.
+   * Which of the given users are active members (and, in a 1:1, may send): what the
+   * router caches to authorize sends without a database read per message.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.CheckMembers
+   */
+  checkMembers: {
+    methodKind: "unary";
+    input: typeof CheckMembersRequestSchema;
+    output: typeof CheckMembersResponseSchema;
+  },
+  /**
+   * One user's membership of one conversation, including a past one (state LEFT with
+   * the last sequence number they may read). NOT_FOUND when never a member.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.GetMembership
+   */
+  getMembership: {
+    methodKind: "unary";
+    input: typeof GetMembershipRequestSchema;
+    output: typeof GetMembershipResponseSchema;
+  },
+  /**
+   * The conversations a user is or was a member of, with their own membership.
    *
    * @generated from rpc parley.groups.v1.GroupsService.ListUserConversations
    */
@@ -224,6 +1101,134 @@ export const GroupsService: GenService<{
     methodKind: "unary";
     input: typeof ListUserConversationsRequestSchema;
     output: typeof ListUserConversationsResponseSchema;
+  },
+  /**
+   * The group conversations each user is an active member of (gateways subscribe the
+   * user's devices to them on connect). One call for many users.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.ListUserGroupIds
+   */
+  listUserGroupIds: {
+    methodKind: "unary";
+    input: typeof ListUserGroupIdsRequestSchema;
+    output: typeof ListUserGroupIdsResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.groups.v1.GroupsService.CreateGroup
+   */
+  createGroup: {
+    methodKind: "unary";
+    input: typeof CreateGroupRequestSchema;
+    output: typeof CreateGroupResponseSchema;
+  },
+  /**
+   * Owners and admins.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.UpdateGroup
+   */
+  updateGroup: {
+    methodKind: "unary";
+    input: typeof UpdateGroupRequestSchema;
+    output: typeof UpdateGroupResponseSchema;
+  },
+  /**
+   * Owner only. Every member loses access; history is no longer served.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.DeleteGroup
+   */
+  deleteGroup: {
+    methodKind: "unary";
+    input: typeof DeleteGroupRequestSchema;
+    output: typeof DeleteGroupResponseSchema;
+  },
+  /**
+   * Members (active) only. Ordered by user id; page with `after_user_id`.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.ListMembers
+   */
+  listMembers: {
+    methodKind: "unary";
+    input: typeof ListMembersRequestSchema;
+    output: typeof ListMembersResponseSchema;
+  },
+  /**
+   * Owners and admins. All or nothing: a user who is already an active member is
+   * ALREADY_EXISTS, going over the member cap is RESOURCE_EXHAUSTED.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.AddMembers
+   */
+  addMembers: {
+    methodKind: "unary";
+    input: typeof AddMembersRequestSchema;
+    output: typeof AddMembersResponseSchema;
+  },
+  /**
+   * Removing oneself is leaving (anyone but the owner). Removing others: owners
+   * remove anyone, admins remove plain members.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.RemoveMember
+   */
+  removeMember: {
+    methodKind: "unary";
+    input: typeof RemoveMemberRequestSchema;
+    output: typeof RemoveMemberResponseSchema;
+  },
+  /**
+   * Owner only. Making another member OWNER transfers ownership (the old owner becomes ADMIN).
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.SetMemberRole
+   */
+  setMemberRole: {
+    methodKind: "unary";
+    input: typeof SetMemberRoleRequestSchema;
+    output: typeof SetMemberRoleResponseSchema;
+  },
+  /**
+   * The caller's own settings in one conversation.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.SetMuted
+   */
+  setMuted: {
+    methodKind: "unary";
+    input: typeof SetMutedRequestSchema;
+    output: typeof SetMutedResponseSchema;
+  },
+  /**
+   * Moves read cursors forward (never back). Many users and conversations in one call.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.AdvanceReadCursors
+   */
+  advanceReadCursors: {
+    methodKind: "unary";
+    input: typeof AdvanceReadCursorsRequestSchema;
+    output: typeof AdvanceReadCursorsResponseSchema;
+  },
+  /**
+   * A 1:1 conversation with a block in either direction is read-only for both users,
+   * and cannot be created.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.BlockUser
+   */
+  blockUser: {
+    methodKind: "unary";
+    input: typeof BlockUserRequestSchema;
+    output: typeof BlockUserResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.groups.v1.GroupsService.UnblockUser
+   */
+  unblockUser: {
+    methodKind: "unary";
+    input: typeof UnblockUserRequestSchema;
+    output: typeof UnblockUserResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.groups.v1.GroupsService.ListBlockedUsers
+   */
+  listBlockedUsers: {
+    methodKind: "unary";
+    input: typeof ListBlockedUsersRequestSchema;
+    output: typeof ListBlockedUsersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_groups_v1_groups_service, 0);

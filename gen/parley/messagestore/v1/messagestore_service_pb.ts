@@ -14,7 +14,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file parley/messagestore/v1/messagestore_service.proto.
  */
 export const file_parley_messagestore_v1_messagestore_service: GenFile = /*@__PURE__*/
-  fileDesc("CjFwYXJsZXkvbWVzc2FnZXN0b3JlL3YxL21lc3NhZ2VzdG9yZV9zZXJ2aWNlLnByb3RvEhZwYXJsZXkubWVzc2FnZXN0b3JlLnYxIsIBCgdNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiegoNQXBwZW5kUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJc2VuZGVyX2lkGAIgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIlUKDkFwcGVuZFJlc3BvbnNlEjAKB21lc3NhZ2UYASABKAsyHy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLk1lc3NhZ2USEQoJZHVwbGljYXRlGAIgASgIIkwKEkFwcGVuZEJhdGNoUmVxdWVzdBI2CgdhcHBlbmRzGAEgAygLMiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0IkwKE0FwcGVuZEJhdGNoUmVzcG9uc2USNQoHcmVzdWx0cxgBIAMoCzIkLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVzdWx0InwKDEFwcGVuZFJlc3VsdBI0CgJvaxgBIAEoCzImLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVzcG9uc2VIABIsCgVlcnJvchgCIAEoCzIbLnBhcmxleS5jb21tb24udjEuSXRlbUVycm9ySABCCAoGcmVzdWx0Ik8KEUdldEhpc3RvcnlSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNIkcKEkdldEhpc3RvcnlSZXNwb25zZRIxCghtZXNzYWdlcxgBIAMoCzIfLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuTWVzc2FnZSIrCg9HZXRIZWFkc1JlcXVlc3QSGAoQY29udmVyc2F0aW9uX2lkcxgBIAMoCSJjCgRIZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCghsYXN0X3NlcRgCIAEoBBIwCgxsYXN0X3NlbnRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEEdldEhlYWRzUmVzcG9uc2USKwoFaGVhZHMYASADKAsyHC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkhlYWQymgMKE01lc3NhZ2VTdG9yZVNlcnZpY2USVwoGQXBwZW5kEiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0GiYucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXNwb25zZRJmCgtBcHBlbmRCYXRjaBIqLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kQmF0Y2hSZXF1ZXN0GisucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRCYXRjaFJlc3BvbnNlEmMKCkdldEhpc3RvcnkSKS5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhpc3RvcnlSZXF1ZXN0GioucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIaXN0b3J5UmVzcG9uc2USXQoIR2V0SGVhZHMSJy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhlYWRzUmVxdWVzdBooLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGVhZHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+  fileDesc("CjFwYXJsZXkvbWVzc2FnZXN0b3JlL3YxL21lc3NhZ2VzdG9yZV9zZXJ2aWNlLnByb3RvEhZwYXJsZXkubWVzc2FnZXN0b3JlLnYxItEBCgdNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYCSABKAwiiQEKDUFwcGVuZFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXNlbmRlcl9pZBgCIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCRINCgVldmVudBgGIAEoDCJVCg5BcHBlbmRSZXNwb25zZRIwCgdtZXNzYWdlGAEgASgLMh8ucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCJMChJBcHBlbmRCYXRjaFJlcXVlc3QSNgoHYXBwZW5kcxgBIAMoCzIlLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVxdWVzdCJMChNBcHBlbmRCYXRjaFJlc3BvbnNlEjUKB3Jlc3VsdHMYASADKAsyJC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3VsdCJ8CgxBcHBlbmRSZXN1bHQSNAoCb2sYASABKAsyJi5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJPChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJHChJHZXRIaXN0b3J5UmVzcG9uc2USMQoIbWVzc2FnZXMYASADKAsyHy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLk1lc3NhZ2UiSQoPR2V0SGVhZHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkSHAoUaW5jbHVkZV9sYXN0X21lc3NhZ2UYAiABKAgimgEKBEhlYWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCGxhc3Rfc2VxGAIgASgEEjAKDGxhc3Rfc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoMbGFzdF9tZXNzYWdlGAQgASgLMh8ucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5NZXNzYWdlIj8KEEdldEhlYWRzUmVzcG9uc2USKwoFaGVhZHMYASADKAsyHC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkhlYWQymgMKE01lc3NhZ2VTdG9yZVNlcnZpY2USVwoGQXBwZW5kEiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0GiYucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXNwb25zZRJmCgtBcHBlbmRCYXRjaBIqLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kQmF0Y2hSZXF1ZXN0GisucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRCYXRjaFJlc3BvbnNlEmMKCkdldEhpc3RvcnkSKS5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhpc3RvcnlSZXF1ZXN0GioucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIaXN0b3J5UmVzcG9uc2USXQoIR2V0SGVhZHMSJy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhlYWRzUmVxdWVzdBooLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGVhZHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
 
 /**
  * @generated from message parley.messagestore.v1.Message
@@ -59,6 +59,13 @@ export type Message = Message$1<"parley.messagestore.v1.Message"> & {
    * @generated from field: google.protobuf.Timestamp sent_at = 8;
    */
   sentAt?: Timestamp | undefined;
+
+  /**
+   * An encoded parley.client.v1.ConversationEvent (opaque to the store).
+   *
+   * @generated from field: bytes event = 9;
+   */
+  event: Uint8Array;
 };
 
 /**
@@ -96,6 +103,14 @@ export type AppendRequest = Message$1<"parley.messagestore.v1.AppendRequest"> & 
    * @generated from field: string body = 5;
    */
   body: string;
+
+  /**
+   * Event messages: an encoded parley.client.v1.ConversationEvent; body is empty and
+   * sender_device_id may be empty.
+   *
+   * @generated from field: bytes event = 6;
+   */
+  event: Uint8Array;
 };
 
 /**
@@ -244,6 +259,13 @@ export type GetHeadsRequest = Message$1<"parley.messagestore.v1.GetHeadsRequest"
    * @generated from field: repeated string conversation_ids = 1;
    */
   conversationIds: string[];
+
+  /**
+   * Also return each conversation's newest message (for previews).
+   *
+   * @generated from field: bool include_last_message = 2;
+   */
+  includeLastMessage: boolean;
 };
 
 /**
@@ -273,6 +295,13 @@ export type Head = Message$1<"parley.messagestore.v1.Head"> & {
    * @generated from field: google.protobuf.Timestamp last_sent_at = 3;
    */
   lastSentAt?: Timestamp | undefined;
+
+  /**
+   * When asked for.
+   *
+   * @generated from field: parley.messagestore.v1.Message last_message = 4;
+   */
+  lastMessage?: Message | undefined;
 };
 
 /**

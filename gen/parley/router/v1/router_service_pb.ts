@@ -14,7 +14,82 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/router/v1/router_service.proto.
  */
 export const file_parley_router_v1_router_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIkAKEFNlbmRCYXRjaFJlcXVlc3QSLAoFc2VuZHMYASADKAsyHS5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXF1ZXN0IkIKEVNlbmRCYXRjaFJlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXN1bHQicgoKU2VuZFJlc3VsdBIsCgJvaxgBIAEoCzIeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJ4CgtTZW5kUmVxdWVzdBIRCglzZW5kZXJfaWQYASABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIogBCgxTZW5kUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEisKB3NlbnRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWR1cGxpY2F0ZRgFIAEoCDKsAQoNUm91dGVyU2VydmljZRJFCgRTZW5kEh0ucGFybGV5LnJvdXRlci52MS5TZW5kUmVxdWVzdBoeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlElQKCVNlbmRCYXRjaBIiLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVxdWVzdBojLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIq4BCh5BcHBseUNvbnZlcnNhdGlvbkNoYW5nZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCWNoYW5nZV9pZBgCIAEoCRIQCghhY3Rvcl9pZBgDIAEoCRINCgVldmVudBgEIAEoDBIXCg9qb2luZWRfdXNlcl9pZHMYBSADKAkSFQoNbGVmdF91c2VyX2lkcxgGIAMoCRIPCgdkZWxldGVkGAcgASgIIi4KH0FwcGx5Q29udmVyc2F0aW9uQ2hhbmdlUmVzcG9uc2USCwoDc2VxGAEgASgEIkAKEFNlbmRCYXRjaFJlcXVlc3QSLAoFc2VuZHMYASADKAsyHS5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXF1ZXN0IkIKEVNlbmRCYXRjaFJlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXN1bHQicgoKU2VuZFJlc3VsdBIsCgJvaxgBIAEoCzIeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJ4CgtTZW5kUmVxdWVzdBIRCglzZW5kZXJfaWQYASABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIogBCgxTZW5kUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEisKB3NlbnRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWR1cGxpY2F0ZRgFIAEoCDKsAgoNUm91dGVyU2VydmljZRJFCgRTZW5kEh0ucGFybGV5LnJvdXRlci52MS5TZW5kUmVxdWVzdBoeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlElQKCVNlbmRCYXRjaBIiLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVxdWVzdBojLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVzcG9uc2USfgoXQXBwbHlDb252ZXJzYXRpb25DaGFuZ2USMC5wYXJsZXkucm91dGVyLnYxLkFwcGx5Q29udmVyc2F0aW9uQ2hhbmdlUmVxdWVzdBoxLnBhcmxleS5yb3V0ZXIudjEuQXBwbHlDb252ZXJzYXRpb25DaGFuZ2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+
+/**
+ * @generated from message parley.router.v1.ApplyConversationChangeRequest
+ */
+export type ApplyConversationChangeRequest = Message<"parley.router.v1.ApplyConversationChangeRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * A UUID naming this change: the event message's idempotency key.
+   *
+   * @generated from field: string change_id = 2;
+   */
+  changeId: string;
+
+  /**
+   * Who made the change (the event message's sender).
+   *
+   * @generated from field: string actor_id = 3;
+   */
+  actorId: string;
+
+  /**
+   * An encoded parley.client.v1.ConversationEvent to store and deliver; empty when the
+   * change has no event (a block: only cached membership is dropped).
+   *
+   * @generated from field: bytes event = 4;
+   */
+  event: Uint8Array;
+
+  /**
+   * @generated from field: repeated string joined_user_ids = 5;
+   */
+  joinedUserIds: string[];
+
+  /**
+   * @generated from field: repeated string left_user_ids = 6;
+   */
+  leftUserIds: string[];
+
+  /**
+   * The conversation is gone: every member's devices stop receiving it.
+   *
+   * @generated from field: bool deleted = 7;
+   */
+  deleted: boolean;
+};
+
+/**
+ * Describes the message parley.router.v1.ApplyConversationChangeRequest.
+ * Use `create(ApplyConversationChangeRequestSchema)` to create a new message.
+ */
+export const ApplyConversationChangeRequestSchema: GenMessage<ApplyConversationChangeRequest> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 0);
+
+/**
+ * @generated from message parley.router.v1.ApplyConversationChangeResponse
+ */
+export type ApplyConversationChangeResponse = Message<"parley.router.v1.ApplyConversationChangeResponse"> & {
+  /**
+   * Sequence number of the stored event; 0 when there was none.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message parley.router.v1.ApplyConversationChangeResponse.
+ * Use `create(ApplyConversationChangeResponseSchema)` to create a new message.
+ */
+export const ApplyConversationChangeResponseSchema: GenMessage<ApplyConversationChangeResponse> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 1);
 
 /**
  * @generated from message parley.router.v1.SendBatchRequest
@@ -31,7 +106,7 @@ export type SendBatchRequest = Message<"parley.router.v1.SendBatchRequest"> & {
  * Use `create(SendBatchRequestSchema)` to create a new message.
  */
 export const SendBatchRequestSchema: GenMessage<SendBatchRequest> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 0);
+  messageDesc(file_parley_router_v1_router_service, 2);
 
 /**
  * @generated from message parley.router.v1.SendBatchResponse
@@ -48,7 +123,7 @@ export type SendBatchResponse = Message<"parley.router.v1.SendBatchResponse"> & 
  * Use `create(SendBatchResponseSchema)` to create a new message.
  */
 export const SendBatchResponseSchema: GenMessage<SendBatchResponse> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 1);
+  messageDesc(file_parley_router_v1_router_service, 3);
 
 /**
  * @generated from message parley.router.v1.SendResult
@@ -77,7 +152,7 @@ export type SendResult = Message<"parley.router.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 2);
+  messageDesc(file_parley_router_v1_router_service, 4);
 
 /**
  * @generated from message parley.router.v1.SendRequest
@@ -114,7 +189,7 @@ export type SendRequest = Message<"parley.router.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 3);
+  messageDesc(file_parley_router_v1_router_service, 5);
 
 /**
  * @generated from message parley.router.v1.SendResponse
@@ -151,7 +226,7 @@ export type SendResponse = Message<"parley.router.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 4);
+  messageDesc(file_parley_router_v1_router_service, 6);
 
 /**
  * Accepts messages from gateways, has them stored, then fans them out to the
@@ -181,6 +256,21 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof SendBatchRequestSchema;
     output: typeof SendBatchResponseSchema;
+  },
+  /**
+   * A conversation's membership or settings changed (called by the groups service,
+   * routed like sends to the router that owns the conversation). Answers once the
+   * router dropped its cached membership, so no later send is authorized or delivered
+   * by the old membership, and the event (if any) is stored. Then the event goes to
+   * every member's devices and gateways re-subscribe the devices of the users who
+   * joined or left. Idempotent on change_id.
+   *
+   * @generated from rpc parley.router.v1.RouterService.ApplyConversationChange
+   */
+  applyConversationChange: {
+    methodKind: "unary";
+    input: typeof ApplyConversationChangeRequestSchema;
+    output: typeof ApplyConversationChangeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_router_v1_router_service, 0);

@@ -12,7 +12,195 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/session/v1/session_service.proto.
  */
 export const file_parley_session_v1_session_service: GenFile = /*@__PURE__*/
-  fileDesc("CidwYXJsZXkvc2Vzc2lvbi92MS9zZXNzaW9uX3NlcnZpY2UucHJvdG8SEXBhcmxleS5zZXNzaW9uLnYxIm8KBFVzZXISDwoHdXNlcl9pZBgBIAEoCRIQCgh1c2VybmFtZRgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKBlRva2VucxIUCgxhY2Nlc3NfdG9rZW4YASABKAkSNQoRYWNjZXNzX2V4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSNgoScmVmcmVzaF9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpzZXNzaW9uX2lkGAUgASgJEhEKCWRldmljZV9pZBgGIAEoCSJzCglQcmluY2lwYWwSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJcCg1TaWduVXBSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIRCglkZXZpY2VfaWQYBCABKAkiYgoOU2lnblVwUmVzcG9uc2USJQoEdXNlchgBIAEoCzIXLnBhcmxleS5zZXNzaW9uLnYxLlVzZXISKQoGdG9rZW5zGAIgASgLMhkucGFybGV5LnNlc3Npb24udjEuVG9rZW5zIkUKDExvZ0luUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkiYQoNTG9nSW5SZXNwb25zZRIlCgR1c2VyGAEgASgLMhcucGFybGV5LnNlc3Npb24udjEuVXNlchIpCgZ0b2tlbnMYAiABKAsyGS5wYXJsZXkuc2Vzc2lvbi52MS5Ub2tlbnMiJwoOUmVmcmVzaFJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSI8Cg9SZWZyZXNoUmVzcG9uc2USKQoGdG9rZW5zGAEgASgLMhkucGFybGV5LnNlc3Npb24udjEuVG9rZW5zIiUKDUxvZ091dFJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJIhAKDkxvZ091dFJlc3BvbnNlIisKE0F1dGhlbnRpY2F0ZVJlcXVlc3QSFAoMYWNjZXNzX3Rva2VuGAEgASgJIkcKFEF1dGhlbnRpY2F0ZVJlc3BvbnNlEi8KCXByaW5jaXBhbBgBIAEoCzIcLnBhcmxleS5zZXNzaW9uLnYxLlByaW5jaXBhbCI2Cg9HZXRVc2Vyc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJdXNlcm5hbWVzGAIgAygJIjoKEEdldFVzZXJzUmVzcG9uc2USJgoFdXNlcnMYASADKAsyFy5wYXJsZXkuc2Vzc2lvbi52MS5Vc2VyIicKFEFzc2lnbkdhdGV3YXlSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiPwoVQXNzaWduR2F0ZXdheVJlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSEgoKcHVibGljX3VybBgCIAEoCTLmBAoOU2Vzc2lvblNlcnZpY2USTQoGU2lnblVwEiAucGFybGV5LnNlc3Npb24udjEuU2lnblVwUmVxdWVzdBohLnBhcmxleS5zZXNzaW9uLnYxLlNpZ25VcFJlc3BvbnNlEkoKBUxvZ0luEh8ucGFybGV5LnNlc3Npb24udjEuTG9nSW5SZXF1ZXN0GiAucGFybGV5LnNlc3Npb24udjEuTG9nSW5SZXNwb25zZRJQCgdSZWZyZXNoEiEucGFybGV5LnNlc3Npb24udjEuUmVmcmVzaFJlcXVlc3QaIi5wYXJsZXkuc2Vzc2lvbi52MS5SZWZyZXNoUmVzcG9uc2USTQoGTG9nT3V0EiAucGFybGV5LnNlc3Npb24udjEuTG9nT3V0UmVxdWVzdBohLnBhcmxleS5zZXNzaW9uLnYxLkxvZ091dFJlc3BvbnNlEl8KDEF1dGhlbnRpY2F0ZRImLnBhcmxleS5zZXNzaW9uLnYxLkF1dGhlbnRpY2F0ZVJlcXVlc3QaJy5wYXJsZXkuc2Vzc2lvbi52MS5BdXRoZW50aWNhdGVSZXNwb25zZRJTCghHZXRVc2VycxIiLnBhcmxleS5zZXNzaW9uLnYxLkdldFVzZXJzUmVxdWVzdBojLnBhcmxleS5zZXNzaW9uLnYxLkdldFVzZXJzUmVzcG9uc2USYgoNQXNzaWduR2F0ZXdheRInLnBhcmxleS5zZXNzaW9uLnYxLkFzc2lnbkdhdGV3YXlSZXF1ZXN0GigucGFybGV5LnNlc3Npb24udjEuQXNzaWduR2F0ZXdheVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CidwYXJsZXkvc2Vzc2lvbi92MS9zZXNzaW9uX3NlcnZpY2UucHJvdG8SEXBhcmxleS5zZXNzaW9uLnYxInAKB0NvbnRhY3QSJQoEdXNlchgBIAEoCzIXLnBhcmxleS5zZXNzaW9uLnYxLlVzZXISEAoIbmlja25hbWUYAiABKAkSLAoIYWRkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiYKE0xpc3RDb250YWN0c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJEChRMaXN0Q29udGFjdHNSZXNwb25zZRIsCghjb250YWN0cxgBIAMoCzIaLnBhcmxleS5zZXNzaW9uLnYxLkNvbnRhY3QiPQoRR2V0Q29udGFjdFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIXCg9jb250YWN0X3VzZXJfaWQYAiABKAkiQQoSR2V0Q29udGFjdFJlc3BvbnNlEisKB2NvbnRhY3QYASABKAsyGi5wYXJsZXkuc2Vzc2lvbi52MS5Db250YWN0Ik8KEVB1dENvbnRhY3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPY29udGFjdF91c2VyX2lkGAIgASgJEhAKCG5pY2tuYW1lGAMgASgJIlIKElB1dENvbnRhY3RSZXNwb25zZRIrCgdjb250YWN0GAEgASgLMhoucGFybGV5LnNlc3Npb24udjEuQ29udGFjdBIPCgdjcmVhdGVkGAIgASgIIkAKFERlbGV0ZUNvbnRhY3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPY29udGFjdF91c2VyX2lkGAIgASgJIhcKFURlbGV0ZUNvbnRhY3RSZXNwb25zZSJvCgRVc2VyEg8KB3VzZXJfaWQYASABKAkSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIssBCgZUb2tlbnMSFAoMYWNjZXNzX3Rva2VuGAEgASgJEjUKEWFjY2Vzc19leHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1yZWZyZXNoX3Rva2VuGAMgASgJEjYKEnJlZnJlc2hfZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2Vzc2lvbl9pZBgFIAEoCRIRCglkZXZpY2VfaWQYBiABKAkicwoJUHJpbmNpcGFsEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXAoNU2lnblVwUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSEQoJZGV2aWNlX2lkGAQgASgJImIKDlNpZ25VcFJlc3BvbnNlEiUKBHVzZXIYASABKAsyFy5wYXJsZXkuc2Vzc2lvbi52MS5Vc2VyEikKBnRva2VucxgCIAEoCzIZLnBhcmxleS5zZXNzaW9uLnYxLlRva2VucyJFCgxMb2dJblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJImEKDUxvZ0luUmVzcG9uc2USJQoEdXNlchgBIAEoCzIXLnBhcmxleS5zZXNzaW9uLnYxLlVzZXISKQoGdG9rZW5zGAIgASgLMhkucGFybGV5LnNlc3Npb24udjEuVG9rZW5zIicKDlJlZnJlc2hSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiPAoPUmVmcmVzaFJlc3BvbnNlEikKBnRva2VucxgBIAEoCzIZLnBhcmxleS5zZXNzaW9uLnYxLlRva2VucyIlCg1Mb2dPdXRSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSIQCg5Mb2dPdXRSZXNwb25zZSIrChNBdXRoZW50aWNhdGVSZXF1ZXN0EhQKDGFjY2Vzc190b2tlbhgBIAEoCSJHChRBdXRoZW50aWNhdGVSZXNwb25zZRIvCglwcmluY2lwYWwYASABKAsyHC5wYXJsZXkuc2Vzc2lvbi52MS5QcmluY2lwYWwiNgoPR2V0VXNlcnNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJEhEKCXVzZXJuYW1lcxgCIAMoCSI6ChBHZXRVc2Vyc1Jlc3BvbnNlEiYKBXVzZXJzGAEgAygLMhcucGFybGV5LnNlc3Npb24udjEuVXNlciInChRBc3NpZ25HYXRld2F5UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIj8KFUFzc2lnbkdhdGV3YXlSZXNwb25zZRISCgpnYXRld2F5X2lkGAEgASgJEhIKCnB1YmxpY191cmwYAiABKAky4QcKDlNlc3Npb25TZXJ2aWNlEk0KBlNpZ25VcBIgLnBhcmxleS5zZXNzaW9uLnYxLlNpZ25VcFJlcXVlc3QaIS5wYXJsZXkuc2Vzc2lvbi52MS5TaWduVXBSZXNwb25zZRJKCgVMb2dJbhIfLnBhcmxleS5zZXNzaW9uLnYxLkxvZ0luUmVxdWVzdBogLnBhcmxleS5zZXNzaW9uLnYxLkxvZ0luUmVzcG9uc2USUAoHUmVmcmVzaBIhLnBhcmxleS5zZXNzaW9uLnYxLlJlZnJlc2hSZXF1ZXN0GiIucGFybGV5LnNlc3Npb24udjEuUmVmcmVzaFJlc3BvbnNlEk0KBkxvZ091dBIgLnBhcmxleS5zZXNzaW9uLnYxLkxvZ091dFJlcXVlc3QaIS5wYXJsZXkuc2Vzc2lvbi52MS5Mb2dPdXRSZXNwb25zZRJfCgxBdXRoZW50aWNhdGUSJi5wYXJsZXkuc2Vzc2lvbi52MS5BdXRoZW50aWNhdGVSZXF1ZXN0GicucGFybGV5LnNlc3Npb24udjEuQXV0aGVudGljYXRlUmVzcG9uc2USUwoIR2V0VXNlcnMSIi5wYXJsZXkuc2Vzc2lvbi52MS5HZXRVc2Vyc1JlcXVlc3QaIy5wYXJsZXkuc2Vzc2lvbi52MS5HZXRVc2Vyc1Jlc3BvbnNlEmIKDUFzc2lnbkdhdGV3YXkSJy5wYXJsZXkuc2Vzc2lvbi52MS5Bc3NpZ25HYXRld2F5UmVxdWVzdBooLnBhcmxleS5zZXNzaW9uLnYxLkFzc2lnbkdhdGV3YXlSZXNwb25zZRJfCgxMaXN0Q29udGFjdHMSJi5wYXJsZXkuc2Vzc2lvbi52MS5MaXN0Q29udGFjdHNSZXF1ZXN0GicucGFybGV5LnNlc3Npb24udjEuTGlzdENvbnRhY3RzUmVzcG9uc2USWQoKR2V0Q29udGFjdBIkLnBhcmxleS5zZXNzaW9uLnYxLkdldENvbnRhY3RSZXF1ZXN0GiUucGFybGV5LnNlc3Npb24udjEuR2V0Q29udGFjdFJlc3BvbnNlElkKClB1dENvbnRhY3QSJC5wYXJsZXkuc2Vzc2lvbi52MS5QdXRDb250YWN0UmVxdWVzdBolLnBhcmxleS5zZXNzaW9uLnYxLlB1dENvbnRhY3RSZXNwb25zZRJiCg1EZWxldGVDb250YWN0EicucGFybGV5LnNlc3Npb24udjEuRGVsZXRlQ29udGFjdFJlcXVlc3QaKC5wYXJsZXkuc2Vzc2lvbi52MS5EZWxldGVDb250YWN0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message parley.session.v1.Contact
+ */
+export type Contact = Message<"parley.session.v1.Contact"> & {
+  /**
+   * @generated from field: parley.session.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * @generated from field: string nickname = 2;
+   */
+  nickname: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp added_at = 3;
+   */
+  addedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.session.v1.Contact.
+ * Use `create(ContactSchema)` to create a new message.
+ */
+export const ContactSchema: GenMessage<Contact> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 0);
+
+/**
+ * @generated from message parley.session.v1.ListContactsRequest
+ */
+export type ListContactsRequest = Message<"parley.session.v1.ListContactsRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.session.v1.ListContactsRequest.
+ * Use `create(ListContactsRequestSchema)` to create a new message.
+ */
+export const ListContactsRequestSchema: GenMessage<ListContactsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 1);
+
+/**
+ * @generated from message parley.session.v1.ListContactsResponse
+ */
+export type ListContactsResponse = Message<"parley.session.v1.ListContactsResponse"> & {
+  /**
+   * Ordered by username.
+   *
+   * @generated from field: repeated parley.session.v1.Contact contacts = 1;
+   */
+  contacts: Contact[];
+};
+
+/**
+ * Describes the message parley.session.v1.ListContactsResponse.
+ * Use `create(ListContactsResponseSchema)` to create a new message.
+ */
+export const ListContactsResponseSchema: GenMessage<ListContactsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 2);
+
+/**
+ * @generated from message parley.session.v1.GetContactRequest
+ */
+export type GetContactRequest = Message<"parley.session.v1.GetContactRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string contact_user_id = 2;
+   */
+  contactUserId: string;
+};
+
+/**
+ * Describes the message parley.session.v1.GetContactRequest.
+ * Use `create(GetContactRequestSchema)` to create a new message.
+ */
+export const GetContactRequestSchema: GenMessage<GetContactRequest> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 3);
+
+/**
+ * @generated from message parley.session.v1.GetContactResponse
+ */
+export type GetContactResponse = Message<"parley.session.v1.GetContactResponse"> & {
+  /**
+   * @generated from field: parley.session.v1.Contact contact = 1;
+   */
+  contact?: Contact | undefined;
+};
+
+/**
+ * Describes the message parley.session.v1.GetContactResponse.
+ * Use `create(GetContactResponseSchema)` to create a new message.
+ */
+export const GetContactResponseSchema: GenMessage<GetContactResponse> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 4);
+
+/**
+ * @generated from message parley.session.v1.PutContactRequest
+ */
+export type PutContactRequest = Message<"parley.session.v1.PutContactRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string contact_user_id = 2;
+   */
+  contactUserId: string;
+
+  /**
+   * At most 64 characters; empty means none.
+   *
+   * @generated from field: string nickname = 3;
+   */
+  nickname: string;
+};
+
+/**
+ * Describes the message parley.session.v1.PutContactRequest.
+ * Use `create(PutContactRequestSchema)` to create a new message.
+ */
+export const PutContactRequestSchema: GenMessage<PutContactRequest> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 5);
+
+/**
+ * @generated from message parley.session.v1.PutContactResponse
+ */
+export type PutContactResponse = Message<"parley.session.v1.PutContactResponse"> & {
+  /**
+   * @generated from field: parley.session.v1.Contact contact = 1;
+   */
+  contact?: Contact | undefined;
+
+  /**
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+};
+
+/**
+ * Describes the message parley.session.v1.PutContactResponse.
+ * Use `create(PutContactResponseSchema)` to create a new message.
+ */
+export const PutContactResponseSchema: GenMessage<PutContactResponse> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 6);
+
+/**
+ * @generated from message parley.session.v1.DeleteContactRequest
+ */
+export type DeleteContactRequest = Message<"parley.session.v1.DeleteContactRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string contact_user_id = 2;
+   */
+  contactUserId: string;
+};
+
+/**
+ * Describes the message parley.session.v1.DeleteContactRequest.
+ * Use `create(DeleteContactRequestSchema)` to create a new message.
+ */
+export const DeleteContactRequestSchema: GenMessage<DeleteContactRequest> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 7);
+
+/**
+ * @generated from message parley.session.v1.DeleteContactResponse
+ */
+export type DeleteContactResponse = Message<"parley.session.v1.DeleteContactResponse"> & {
+};
+
+/**
+ * Describes the message parley.session.v1.DeleteContactResponse.
+ * Use `create(DeleteContactResponseSchema)` to create a new message.
+ */
+export const DeleteContactResponseSchema: GenMessage<DeleteContactResponse> = /*@__PURE__*/
+  messageDesc(file_parley_session_v1_session_service, 8);
 
 /**
  * @generated from message parley.session.v1.User
@@ -44,7 +232,7 @@ export type User = Message<"parley.session.v1.User"> & {
  * Use `create(UserSchema)` to create a new message.
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 0);
+  messageDesc(file_parley_session_v1_session_service, 9);
 
 /**
  * @generated from message parley.session.v1.Tokens
@@ -86,7 +274,7 @@ export type Tokens = Message<"parley.session.v1.Tokens"> & {
  * Use `create(TokensSchema)` to create a new message.
  */
 export const TokensSchema: GenMessage<Tokens> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 1);
+  messageDesc(file_parley_session_v1_session_service, 10);
 
 /**
  * Who an access token speaks for.
@@ -120,7 +308,7 @@ export type Principal = Message<"parley.session.v1.Principal"> & {
  * Use `create(PrincipalSchema)` to create a new message.
  */
 export const PrincipalSchema: GenMessage<Principal> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 2);
+  messageDesc(file_parley_session_v1_session_service, 11);
 
 /**
  * @generated from message parley.session.v1.SignUpRequest
@@ -152,7 +340,7 @@ export type SignUpRequest = Message<"parley.session.v1.SignUpRequest"> & {
  * Use `create(SignUpRequestSchema)` to create a new message.
  */
 export const SignUpRequestSchema: GenMessage<SignUpRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 3);
+  messageDesc(file_parley_session_v1_session_service, 12);
 
 /**
  * @generated from message parley.session.v1.SignUpResponse
@@ -174,7 +362,7 @@ export type SignUpResponse = Message<"parley.session.v1.SignUpResponse"> & {
  * Use `create(SignUpResponseSchema)` to create a new message.
  */
 export const SignUpResponseSchema: GenMessage<SignUpResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 4);
+  messageDesc(file_parley_session_v1_session_service, 13);
 
 /**
  * @generated from message parley.session.v1.LogInRequest
@@ -201,7 +389,7 @@ export type LogInRequest = Message<"parley.session.v1.LogInRequest"> & {
  * Use `create(LogInRequestSchema)` to create a new message.
  */
 export const LogInRequestSchema: GenMessage<LogInRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 5);
+  messageDesc(file_parley_session_v1_session_service, 14);
 
 /**
  * @generated from message parley.session.v1.LogInResponse
@@ -223,7 +411,7 @@ export type LogInResponse = Message<"parley.session.v1.LogInResponse"> & {
  * Use `create(LogInResponseSchema)` to create a new message.
  */
 export const LogInResponseSchema: GenMessage<LogInResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 6);
+  messageDesc(file_parley_session_v1_session_service, 15);
 
 /**
  * @generated from message parley.session.v1.RefreshRequest
@@ -240,7 +428,7 @@ export type RefreshRequest = Message<"parley.session.v1.RefreshRequest"> & {
  * Use `create(RefreshRequestSchema)` to create a new message.
  */
 export const RefreshRequestSchema: GenMessage<RefreshRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 7);
+  messageDesc(file_parley_session_v1_session_service, 16);
 
 /**
  * @generated from message parley.session.v1.RefreshResponse
@@ -257,7 +445,7 @@ export type RefreshResponse = Message<"parley.session.v1.RefreshResponse"> & {
  * Use `create(RefreshResponseSchema)` to create a new message.
  */
 export const RefreshResponseSchema: GenMessage<RefreshResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 8);
+  messageDesc(file_parley_session_v1_session_service, 17);
 
 /**
  * @generated from message parley.session.v1.LogOutRequest
@@ -274,7 +462,7 @@ export type LogOutRequest = Message<"parley.session.v1.LogOutRequest"> & {
  * Use `create(LogOutRequestSchema)` to create a new message.
  */
 export const LogOutRequestSchema: GenMessage<LogOutRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 9);
+  messageDesc(file_parley_session_v1_session_service, 18);
 
 /**
  * @generated from message parley.session.v1.LogOutResponse
@@ -287,7 +475,7 @@ export type LogOutResponse = Message<"parley.session.v1.LogOutResponse"> & {
  * Use `create(LogOutResponseSchema)` to create a new message.
  */
 export const LogOutResponseSchema: GenMessage<LogOutResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 10);
+  messageDesc(file_parley_session_v1_session_service, 19);
 
 /**
  * @generated from message parley.session.v1.AuthenticateRequest
@@ -304,7 +492,7 @@ export type AuthenticateRequest = Message<"parley.session.v1.AuthenticateRequest
  * Use `create(AuthenticateRequestSchema)` to create a new message.
  */
 export const AuthenticateRequestSchema: GenMessage<AuthenticateRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 11);
+  messageDesc(file_parley_session_v1_session_service, 20);
 
 /**
  * @generated from message parley.session.v1.AuthenticateResponse
@@ -321,7 +509,7 @@ export type AuthenticateResponse = Message<"parley.session.v1.AuthenticateRespon
  * Use `create(AuthenticateResponseSchema)` to create a new message.
  */
 export const AuthenticateResponseSchema: GenMessage<AuthenticateResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 12);
+  messageDesc(file_parley_session_v1_session_service, 21);
 
 /**
  * @generated from message parley.session.v1.GetUsersRequest
@@ -343,7 +531,7 @@ export type GetUsersRequest = Message<"parley.session.v1.GetUsersRequest"> & {
  * Use `create(GetUsersRequestSchema)` to create a new message.
  */
 export const GetUsersRequestSchema: GenMessage<GetUsersRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 13);
+  messageDesc(file_parley_session_v1_session_service, 22);
 
 /**
  * @generated from message parley.session.v1.GetUsersResponse
@@ -362,7 +550,7 @@ export type GetUsersResponse = Message<"parley.session.v1.GetUsersResponse"> & {
  * Use `create(GetUsersResponseSchema)` to create a new message.
  */
 export const GetUsersResponseSchema: GenMessage<GetUsersResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 14);
+  messageDesc(file_parley_session_v1_session_service, 23);
 
 /**
  * @generated from message parley.session.v1.AssignGatewayRequest
@@ -379,7 +567,7 @@ export type AssignGatewayRequest = Message<"parley.session.v1.AssignGatewayReque
  * Use `create(AssignGatewayRequestSchema)` to create a new message.
  */
 export const AssignGatewayRequestSchema: GenMessage<AssignGatewayRequest> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 15);
+  messageDesc(file_parley_session_v1_session_service, 24);
 
 /**
  * @generated from message parley.session.v1.AssignGatewayResponse
@@ -403,7 +591,7 @@ export type AssignGatewayResponse = Message<"parley.session.v1.AssignGatewayResp
  * Use `create(AssignGatewayResponseSchema)` to create a new message.
  */
 export const AssignGatewayResponseSchema: GenMessage<AssignGatewayResponse> = /*@__PURE__*/
-  messageDesc(file_parley_session_v1_session_service, 16);
+  messageDesc(file_parley_session_v1_session_service, 25);
 
 /**
  * Accounts and device sessions. Internal: the gateway calls it on behalf of clients.
@@ -473,6 +661,48 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof AssignGatewayRequestSchema;
     output: typeof AssignGatewayResponseSchema;
+  },
+  /**
+   * A user's contact list (their address book: other users with a nickname of
+   * their choosing). Only ever called for the authenticated user themself.
+   *
+   * @generated from rpc parley.session.v1.SessionService.ListContacts
+   */
+  listContacts: {
+    methodKind: "unary";
+    input: typeof ListContactsRequestSchema;
+    output: typeof ListContactsResponseSchema;
+  },
+  /**
+   * NOT_FOUND when the user is not in the list.
+   *
+   * @generated from rpc parley.session.v1.SessionService.GetContact
+   */
+  getContact: {
+    methodKind: "unary";
+    input: typeof GetContactRequestSchema;
+    output: typeof GetContactResponseSchema;
+  },
+  /**
+   * Adds or updates. NOT_FOUND for an unknown contact user, INVALID_ARGUMENT for
+   * oneself, RESOURCE_EXHAUSTED over the per-user cap.
+   *
+   * @generated from rpc parley.session.v1.SessionService.PutContact
+   */
+  putContact: {
+    methodKind: "unary";
+    input: typeof PutContactRequestSchema;
+    output: typeof PutContactResponseSchema;
+  },
+  /**
+   * NOT_FOUND when the user is not in the list.
+   *
+   * @generated from rpc parley.session.v1.SessionService.DeleteContact
+   */
+  deleteContact: {
+    methodKind: "unary";
+    input: typeof DeleteContactRequestSchema;
+    output: typeof DeleteContactResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_session_v1_session_service, 0);

@@ -9,26 +9,44 @@ import {
   type AppendResponse,
 } from "../../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { settleEach } from "../../../../lib/batcher.js";
-import { requireText, requireUuid } from "../../../../lib/validate.js";
+import { invalid, requireText, requireUuid } from "../../../../lib/validate.js";
+import type { AppendInput } from "../sequencer.js";
 import type { MessageStoreContext } from "../context.js";
 import { toConnectError } from "./errors.js";
 import { toProtoMessage } from "./message.js";
 
 /** Most characters (code points) of a message body. */
 export const MAX_BODY_CHARS = 4000;
+/** Most bytes of an event message's encoded event. */
+export const MAX_EVENT_BYTES = 64 * 1024;
+
+/**
+ * A chat message has a body of 1..4,000 characters and a sender device. An event message
+ * (non-empty `event`, at most 64 KiB) may have an empty body and no sender device ("");
+ * a device id that is given must still be a UUID.
+ */
+export function appendInput(req: AppendRequest): AppendInput {
+  const isEvent = req.event.length > 0;
+  if (req.event.length > MAX_EVENT_BYTES) throw invalid("event", `must have at most ${MAX_EVENT_BYTES} bytes`);
+  const input: AppendInput = {
+    conversationId: requireUuid("conversation_id", req.conversationId),
+    senderId: requireUuid("sender_id", req.senderId),
+    senderDeviceId: isEvent && req.senderDeviceId === "" ? "" : requireUuid("sender_device_id", req.senderDeviceId),
+    clientMsgId: requireUuid("client_msg_id", req.clientMsgId),
+    body: isEvent ? requireText("body", req.body, 0, MAX_BODY_CHARS) : requireText("body", req.body, 1, MAX_BODY_CHARS),
+  };
+  // A copy: the decoded bytes are a view of the whole request buffer, which the
+  // sequencer's cache of recent messages would otherwise keep alive.
+  if (isEvent) input.event = new Uint8Array(req.event);
+  return input;
+}
 
 /**
  * Validates and stores one append. The sequencer queues it before this returns (no
  * await comes first), so appends started in some order get their seqs in that order.
  */
 async function appendOne(ctx: MessageStoreContext, req: AppendRequest): Promise<AppendResponse> {
-  const input = {
-    conversationId: requireUuid("conversation_id", req.conversationId),
-    senderId: requireUuid("sender_id", req.senderId),
-    senderDeviceId: requireUuid("sender_device_id", req.senderDeviceId),
-    clientMsgId: requireUuid("client_msg_id", req.clientMsgId),
-    body: requireText("body", req.body, 1, MAX_BODY_CHARS),
-  };
+  const input = appendInput(req);
   try {
     const { message, duplicate } = await ctx.sequencer.append(input);
     return create(AppendResponseSchema, { message: toProtoMessage(message), duplicate });

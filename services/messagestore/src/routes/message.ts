@@ -13,5 +13,6 @@ export function toProtoMessage(m: StoredMessage): Message {
     clientMsgId: m.clientMsgId,
     body: m.body,
     sentAt: timestampFromMs(m.sentAtMs),
+    event: m.event,
   });
 }

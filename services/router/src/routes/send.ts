@@ -11,7 +11,7 @@ import {
 import { itemError } from "../../../../lib/batcher.js";
 import { requireText, requireUuid } from "../../../../lib/validate.js";
 import type { RouterContext } from "../context.js";
-import type { Membership } from "../membership-cache.js";
+import type { Access } from "../membership-cache.js";
 
 export const MAX_BODY_CHARS = 4000;
 /** Most sends in one SendBatch call. */
@@ -41,23 +41,33 @@ async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): P
       return ConnectError.from(err);
     }
   });
-  const conversations = [...new Set(sends.filter((_, i) => !out[i]).map((s) => s.conversationId))];
-  const memberships = new Map<string, Membership | undefined | ConnectError>();
+  const senders = new Map<string, Set<string>>();
+  sends.forEach((s, i) => {
+    if (out[i]) return;
+    const set = senders.get(s.conversationId);
+    if (set) set.add(s.senderId);
+    else senders.set(s.conversationId, new Set([s.senderId]));
+  });
+  const access = new Map<string, Access | ConnectError>();
   await Promise.all(
-    conversations.map(async (id) => {
+    [...senders].map(async ([id, users]) => {
       try {
-        memberships.set(id, await ctx.membership.get(id));
+        access.set(id, await ctx.membership.access(id, [...users]));
       } catch (err) {
-        memberships.set(id, ConnectError.from(err));
+        access.set(id, ConnectError.from(err));
       }
     }),
   );
   const stored = sends.map(async (s, i) => {
     if (out[i]) return;
-    const membership = memberships.get(s.conversationId);
-    if (membership instanceof ConnectError) return void (out[i] = membership);
-    // Unknown conversations get the same answer as foreign ones: ids are no oracle.
-    if (!membership?.has(s.senderId)) return void (out[i] = new ConnectError("not a member of this conversation", Code.PermissionDenied));
+    const a = access.get(s.conversationId);
+    if (a instanceof ConnectError) return void (out[i] = a);
+    const route = a?.route;
+    if (!route || !a.allowed.has(s.senderId)) {
+      // Unknown conversations get the same answer as foreign ones: ids are no oracle.
+      const blocked = route?.kind === "direct" && route.memberIds.includes(s.senderId);
+      return void (out[i] = new ConnectError(blocked ? "blocked: this conversation is read-only" : "not a member of this conversation", Code.PermissionDenied));
+    }
     try {
       const { message, duplicate } = await ctx.appends.submit({
         conversationId: s.conversationId,
@@ -68,7 +78,7 @@ async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): P
       });
       if (!message) throw new ConnectError("message store answered without a message", Code.Internal);
       // A resend was fanned out the first time; doing it again would duplicate it on devices.
-      if (!duplicate) ctx.fanOut.enqueue({ message, memberIds: membership.memberIds, senderDeviceId: s.senderDeviceId });
+      if (!duplicate) ctx.fanOut.enqueue({ message, route, senderDeviceId: s.senderDeviceId });
       out[i] = create(SendResponseSchema, {
         conversationId: message.conversationId,
         seq: message.seq,
