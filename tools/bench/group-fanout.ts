@@ -7,8 +7,10 @@
  * landed when one chosen other member got it). Every message is stored (Cassandra)
  * and reaches every other connected member.
  *
- * Reports delivered messages per second and per server CPU-second (all server
- * processes), and p50/p99 latency from send to each delivery.
+ * Reports delivered messages per second and per server CPU-second (the node
+ * processes; and with the backend servers too: Cassandra, Postgres, Redis, etcd), and
+ * p50/p99 latency from send to each delivery. `BENCH_NODE_ARGS` / `BENCH_NODE_KIND`
+ * pass flags (e.g. --cpu-prof) to the cluster's processes of one kind.
  *
  *   node --import tsx tools/bench/group-fanout.ts [--sizes 100,5000] [--online 500]
  *        [--senders 4] [--messages 50] [--window 4]
@@ -21,7 +23,7 @@ import WebSocket from "ws";
 import { ensureInfra, startCluster, type Cluster } from "../cluster/cluster.js";
 import { FrameClient } from "../e2e/harness.js";
 import { createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
-import { cpuSeconds, percentile } from "./cpu.js";
+import { backendCpu, backendPids, cpuSeconds, percentile } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -54,13 +56,19 @@ interface Result {
   deliveredPerSecond: number;
   serverCpuSeconds: number;
   deliveredPerCpuSecond: number;
+  /** Including the backend servers (Parley only). */
+  withBackendsCpuSeconds?: number;
+  deliveredPerCpuSecondWithBackends?: number;
   p50Ms: number;
   p99Ms: number;
 }
 
-function result(name: string, groupSize: number, online: number, run: Run, cpu: number): Result {
+function result(name: string, groupSize: number, online: number, run: Run, cpu: number, backends?: number): Result {
   const sorted = [...run.latencies].sort((a, b) => a - b);
   return {
+    ...(backends === undefined
+      ? {}
+      : { withBackendsCpuSeconds: +(cpu + backends).toFixed(2), deliveredPerCpuSecondWithBackends: Math.round(run.delivered / (cpu + backends)) }),
     name,
     groupSize,
     online,
@@ -155,8 +163,10 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
   const clients = await mapLimit(members.slice(0, online), 20, (m, i) =>
     FrameClient.connect(`${gateways[i % gateways.length]!.publicUrl!.replace(/^http/, "ws")}/ws`, m.token),
   );
+  const pids = backendPids(ROOT);
   const before = cluster.processes.reduce((sum, p) => sum + cpuSeconds(p.child.pid!), 0);
   const perProcess = new Map(cluster.processes.map((p) => [p.name, cpuSeconds(p.child.pid!)]));
+  const backendsBefore = backendCpu(pids);
   const run = await drive(
     online,
     (s, body) => clients[s]!.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId, body } } }),
@@ -168,12 +178,15 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
       }),
   );
   const cpu = cluster.processes.reduce((sum, p) => sum + cpuSeconds(p.child.pid!), 0) - before;
+  const backends = [...backendCpu(pids)].map(([name, s]) => [name, s - backendsBefore.get(name)!] as const);
   console.error(
     `group of ${groupSize}: server CPU-seconds by process:`,
     cluster.processes.map((p) => `${p.name}=${(cpuSeconds(p.child.pid!) - perProcess.get(p.name)!).toFixed(2)}`).join(" "),
+    backends.map(([name, s]) => `${name}=${s.toFixed(2)}`).join(" "),
   );
   await Promise.all(clients.map((c) => c.close()));
-  return result("parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", groupSize, online, run, cpu);
+  const backendSeconds = backends.reduce((sum, [, s]) => sum + s, 0);
+  return result("parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", groupSize, online, run, cpu, backendSeconds);
 }
 
 const results: Result[] = [];
@@ -187,6 +200,8 @@ const cluster = await startCluster({
     PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
     PARLEY_PASSWORD_HASH_ITERATIONS: "1",
   },
+  nodeArgs: (kind) =>
+    !process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : [],
   onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
 });
 try {
@@ -200,7 +215,8 @@ for (const size of SIZES) {
   const [relay, parley] = results.filter((r) => r.groupSize === size);
   console.log(
     `group of ${size} (${parley!.online} online): parley / relay: delivered/s ${(parley!.deliveredPerSecond / relay!.deliveredPerSecond).toFixed(3)}x, ` +
-      `delivered per server CPU-second ${(parley!.deliveredPerCpuSecond / relay!.deliveredPerCpuSecond).toFixed(3)}x, p99 ${(parley!.p99Ms / relay!.p99Ms).toFixed(1)}x`,
+      `delivered per server CPU-second ${(parley!.deliveredPerCpuSecond / relay!.deliveredPerCpuSecond).toFixed(3)}x ` +
+      `(${(parley!.deliveredPerCpuSecondWithBackends! / relay!.deliveredPerCpuSecond).toFixed(3)}x counting the backends), p99 ${(parley!.p99Ms / relay!.p99Ms).toFixed(1)}x`,
   );
 }
 process.exit(0);
