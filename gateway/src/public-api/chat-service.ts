@@ -67,11 +67,19 @@ export function chatService(deps: PublicApiDeps): ServiceImpl<typeof ChatService
       const userId = requireSelf("user_id", req.userId, me.userId);
       const { conversations } = await deps.groups.listUserConversations({ userId });
       const all = conversations.flatMap((uc) => (uc.conversation && uc.member ? [{ c: uc.conversation, m: uc.member }] : []));
-      // Order all of them by last activity, then read previews for one page only.
+      // Order all of them by last activity, then read previews for one page only. A
+      // past member sees a conversation as it was at their leave event: it is ordered
+      // by that, so the list does not tell them the group is still active.
       const first = await heads(all.map((x) => x.c.conversationId));
-      const activity = (x: (typeof all)[number]) => ms(first.get(x.c.conversationId)?.lastSentAt) || ms(x.c.createdAt);
+      const pastViews = new Map<string, VisibleHead | undefined>();
+      await Promise.all(
+        all
+          .filter((x) => !isActive(x.m))
+          .map(async (x) => pastViews.set(x.c.conversationId, await capHead(x.c.conversationId, x.m.leftSeq, first.get(x.c.conversationId)))),
+      );
+      const seen = (x: (typeof all)[number]) => (isActive(x.m) ? first.get(x.c.conversationId) : pastViews.get(x.c.conversationId));
       const page = all
-        .map((x) => ({ ...x, at: activity(x) }))
+        .map((x) => ({ ...x, at: ms(seen(x)?.lastSentAt) || ms(x.c.createdAt) }))
         .sort((a, b) => b.at - a.at)
         .slice(0, limit);
       const latest = await heads(

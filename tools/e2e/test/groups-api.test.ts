@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -379,6 +380,17 @@ function describeGroupsApi(name: string, start: () => Promise<Target>): void {
         assert.equal(messagesOf(c, groupId).filter((m) => m.body === "after carol").length, 0);
         // The others still see the group; the member count dropped.
         assert.equal((await alice.api.groups.getGroup({ conversationId: groupId })).conversation?.memberCount, 3);
+
+        // Her list shows the group as it was at her removal, and orders it so: activity in
+        // it afterwards does not lift it above a conversation she used since.
+        const dm = (await carol.api.chat.openDirectConversation({ peer: { case: "peerUserId", value: people.frank.id } })).conversation!;
+        const dmAck = await send(c, dm.conversationId, "hi frank");
+        assert.equal((await listed(carol, dm.conversationId))?.lastSeq, ackSeq(dmAck));
+        const laterAck = await send(sockets[0]!, groupId, "later still");
+        const at = (f: ServerFrame) => (f.kind.case === "ack" ? timestampMs(f.kind.value.sentAt!) : 0);
+        assert.ok(at(laterAck) > at(dmAck), "the group's newest message is newer than her 1:1 message");
+        const order = (await carol.api.chat.listConversations({})).conversations.map((x) => x.conversationId);
+        assert.ok(order.indexOf(dm.conversationId) < order.indexOf(groupId), `ordered by what she may see: ${order.join(", ")}`);
       });
 
       it("a member who leaves keeps history up to the leave event", async () => {
