@@ -33,6 +33,8 @@ export interface GatewayConfig {
   registryTtlMs: number;
   /** How often the gateway refreshes all its registry entries (one call for all). */
   registryRefreshMs: number;
+  /** Least time between two read-cursor updates of this gateway (own sends count as read). */
+  readCursorIntervalMs: number;
   sessionUrl: string;
   routerUrl: string;
   groupsUrl: string;
@@ -64,6 +66,7 @@ export function loadConfig(env: Env): GatewayConfig {
     redisPrefix: redisPrefixFrom(env),
     registryTtlMs: int(env, "PARLEY_REGISTRY_TTL_SECONDS", DEFAULT_REGISTRY_TTL_MS / 1000, 1, 86_400) * 1000,
     registryRefreshMs: int(env, "PARLEY_REGISTRY_REFRESH_MS", DEFAULT_REGISTRY_REFRESH_MS, 100, 86_400_000),
+    readCursorIntervalMs: int(env, "PARLEY_READ_CURSOR_INTERVAL_MS", 500, 0, 60_000),
     sessionUrl: env.PARLEY_SESSION_URL ?? "http://127.0.0.1:7101",
     routerUrl: env.PARLEY_ROUTER_URL ?? "http://127.0.0.1:7102",
     messagestoreUrl: env.PARLEY_MESSAGESTORE_URL ?? "http://127.0.0.1:7103",

@@ -1254,8 +1254,25 @@ describe("GatewayCore: group topics", () => {
 
 describe("GatewayCore: own messages count as read", () => {
   let h: Harness;
-  beforeEach(() => (h = harness({ PARLEY_FRAME_BURST: "100", PARLEY_MAX_INFLIGHT_SENDS: "100" })));
+  beforeEach(() => (h = harness({ PARLEY_FRAME_BURST: "100", PARLEY_MAX_INFLIGHT_SENDS: "100", PARLEY_READ_CURSOR_INTERVAL_MS: "0" })));
   afterEach(() => h.core.drain());
+
+  it("calls start at least the configured interval apart; a drain sends what waits at once", async () => {
+    await h.core.drain();
+    h = harness({ PARLEY_FRAME_BURST: "100", PARLEY_MAX_INFLIGHT_SENDS: "100", PARLEY_READ_CURSOR_INTERVAL_MS: "60000" });
+    const alice = await connected(h);
+    const c = randomUUID();
+    frameIn(alice.conn, h, sendFrame(1, "a", c));
+    await until("first call", () => h.groups.cursorCalls.length === 1);
+    frameIn(alice.conn, h, sendFrame(2, "b", c));
+    frameIn(alice.conn, h, sendFrame(3, "c", c));
+    await until("acks", () => alice.socket.kinds().filter((k) => k === "ack").length === 3);
+    await turns();
+    assert.equal(h.groups.cursorCalls.length, 1, "the next call waits for the interval");
+    await h.core.drain();
+    assert.equal(h.groups.cursorCalls.length, 2);
+    assert.deepEqual(h.groups.cursorCalls[1], [{ userId: alice.p.userId, conversationId: c, seq: 3 }]);
+  });
 
   it("read cursors advance to the ack's seq: coalesced per user and conversation, one call in flight", async () => {
     const alice = await connected(h);

@@ -124,7 +124,7 @@ export class GatewayCore {
       await deps.groups.advanceReadCursors({
         cursors: cursors.map((c) => ({ userId: c.userId, conversationId: c.conversationId, seq: BigInt(c.seq) })),
       });
-    }, deps.logger);
+    }, deps.logger, cfg.readCursorIntervalMs);
   }
 
   /** The transport's gateway-wide topics (set once by the transport, before connections open). */
@@ -656,6 +656,7 @@ export class GatewayCore {
     for (const c of all) this.close(c);
     await this.queueFlush();
     await this.reportPresence();
+    this.readCursors.flush();
     await this.readCursors.idle();
   }
 }
