@@ -107,7 +107,7 @@ describe("decodeClientFrame", () => {
   });
 
   it("UNKNOWN_FRAME, with the ref, for a JSON frame carrying a kind this server does not know (same as binary)", () => {
-    const f = failure(decodeClientFrame(buf(`{"ref": 9, "typing": {"conversationId": "${CONVERSATION_ID}"}}`), false, MAX));
+    const f = failure(decodeClientFrame(buf(`{"ref": 9, "teleport": {"conversationId": "${CONVERSATION_ID}"}}`), false, MAX));
     assert.equal(f.code, ErrorCode.UNKNOWN_FRAME, f.message);
     assert.equal(f.ref, 9);
   });

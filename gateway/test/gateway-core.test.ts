@@ -487,7 +487,7 @@ describe("GatewayCore: connection lifecycle", () => {
     assert.equal((await h.registry.lookup([a.p.userId, b.p.userId])).size, 0);
     assert.equal(h.core.stats.connections, 0);
     const last = h.presenceReports.at(-1);
-    assert.deepEqual(last?.onlineUserIds, []);
+    assert.deepEqual(last?.online.map((u) => u.userId), []);
     assert.deepEqual([...(last?.offlineUserIds ?? [])].sort(), [a.p.userId, b.p.userId].sort());
     // Authenticated before the drain, upgraded after it: closed at once, never registered.
     const late = connect(h);
@@ -788,13 +788,13 @@ describe("GatewayCore: presence reports", () => {
     assert.equal(h.presenceReports.length, 0, "nothing before the interval");
     let r = await tick();
     assert.equal(r.gatewayId, GW);
-    assert.deepEqual([...r.onlineUserIds].sort(), [a.p.userId, b.p.userId, c.p.userId].sort());
+    assert.deepEqual([...r.online.map((u) => u.userId)].sort(), [a.p.userId, b.p.userId, c.p.userId].sort());
     assert.deepEqual(r.offlineUserIds, []);
 
     b.socket.close(1000, "bye"); // b still has b2
     c.socket.close(1000, "bye");
     r = await tick();
-    assert.deepEqual([...r.onlineUserIds].sort(), [a.p.userId, b.p.userId].sort());
+    assert.deepEqual([...r.online.map((u) => u.userId)].sort(), [a.p.userId, b.p.userId].sort());
     assert.deepEqual(r.offlineUserIds, [c.p.userId]);
 
     r = await tick();
@@ -807,7 +807,7 @@ describe("GatewayCore: presence reports", () => {
     a.socket.close(1000, "bye");
     await connected(h, principal(a.p.userId));
     const r = await tick();
-    assert.deepEqual(r.onlineUserIds, [a.p.userId]);
+    assert.deepEqual(r.online.map((u) => u.userId), [a.p.userId]);
     assert.deepEqual(r.offlineUserIds, []);
   });
 

@@ -13,6 +13,7 @@ import type { GatewayConfig } from "../config.js";
 import { Connection, topicOf, type Principal, type SocketPort, type TopicBus } from "./connection.js";
 import { encodeServerFrame, errorCodeOf, errorFrame, pongFrame, serverFrame, type Decoded } from "./frames.js";
 import { CloseCode, type Encoding } from "./protocol.js";
+import { GatewayPresence } from "./presence.js";
 import { ReadCursorQueue } from "./read-cursors.js";
 
 export const MAX_BODY_CHARS = 4000;
@@ -102,9 +103,8 @@ export class GatewayCore {
    * after the remove of the same device (that would leave an entry for a closed socket).
    */
   private flushes: Promise<void> = Promise.resolve();
-  /** Users whose last connection here closed since the last presence report. */
-  private wentOffline = new Set<string>();
-  private presenceTimer: NodeJS.Timeout | undefined;
+  /** Presence: reports to the presence service and the presence frames (core/presence.ts). */
+  private readonly presence: GatewayPresence;
   /** One timer per gateway (never one per connection) refreshing every registry entry of this gateway. */
   private readonly refreshTimer: NodeJS.Timeout;
   private draining = false;
@@ -114,10 +114,7 @@ export class GatewayCore {
     private readonly cfg: GatewayConfig,
     private readonly deps: GatewayDeps,
   ) {
-    if (deps.presence) {
-      this.presenceTimer = setInterval(() => void this.reportPresence(), cfg.presenceIntervalMs);
-      this.presenceTimer.unref();
-    }
+    this.presence = new GatewayPresence(cfg, deps.presence, { users: () => this.byUser, reply: (c, f) => this.reply(c, f) }, deps.logger);
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
     this.readCursors = new ReadCursorQueue(async (cursors) => {
@@ -165,7 +162,7 @@ export class GatewayCore {
     this.deps.onConnections?.(this.stats.connections);
     push(this.byUser, conn.principal.userId, conn);
     push(this.byDevice, conn.principal.deviceId, conn);
-    this.wentOffline.delete(conn.principal.userId);
+    this.presence.connected(conn);
     this.pendingAdd.push(conn);
     this.scheduleFlush();
   }
@@ -182,9 +179,9 @@ export class GatewayCore {
     const list = this.byUser.get(userId);
     if (!list) return;
     const rest = list.filter((c) => c !== conn);
+    this.presence.disconnected(conn, rest.length === 0);
     if (rest.length === 0) {
       this.byUser.delete(userId);
-      this.wentOffline.add(userId);
     } else this.byUser.set(userId, rest);
     // The same device may hold a second connection here (a fast reconnect): keep its entry.
     if (!rest.some((c) => c.principal.deviceId === deviceId)) {
@@ -213,6 +210,12 @@ export class GatewayCore {
         return;
       case "ping":
         this.reply(conn, pongFrame(frame.ref, frame.kind.value.nonce));
+        return;
+      case "setPresence":
+        this.presence.onSetPresence(conn, frame.ref, frame.kind.value);
+        return;
+      case "subscribePresence":
+        this.presence.onSubscribe(conn, frame.ref, frame.kind.value);
         return;
       default:
         this.reply(conn, errorFrame(ErrorCode.UNKNOWN_FRAME, "frame has no kind this server knows", frame.ref));
@@ -297,6 +300,10 @@ export class GatewayCore {
     for (const env of req.envelopes) {
       const m = env.membership;
       const changed = m !== undefined && m.conversationId !== "" ? m.conversationId : undefined;
+      if (env.watchersOfUserId !== "") {
+        delivered += this.presence.deliverToWatchers(env.watchersOfUserId, env.serverFrame);
+        continue;
+      }
       if (changed) for (const userId of m!.joinedUserIds) this.applyMembership(userId, changed, true);
       if (env.serverFrame.length > 0) {
         let json: string | undefined;
@@ -617,22 +624,6 @@ export class GatewayCore {
     }
   }
 
-  /** One report per interval for all users of this gateway (never one per connection). */
-  private async reportPresence(): Promise<void> {
-    const offline = [...this.wentOffline];
-    this.wentOffline.clear();
-    try {
-      await this.deps.presence?.reportConnections({
-        gatewayId: this.cfg.id,
-        onlineUserIds: [...this.byUser.keys()],
-        offlineUserIds: offline,
-      });
-    } catch (err) {
-      for (const u of offline) if (!this.byUser.has(u)) this.wentOffline.add(u);
-      this.deps.logger.warn({ err }, "presence report failed");
-    }
-  }
-
   /** Closes the connections of a revoked session (log out) with 4001. */
   closeSession(sessionId: string): number {
     let n = 0;
@@ -649,13 +640,12 @@ export class GatewayCore {
   /** Closes every connection with 1001 so clients reconnect elsewhere, and unregisters them. */
   async drain(): Promise<void> {
     this.draining = true;
-    if (this.presenceTimer) clearInterval(this.presenceTimer);
     clearInterval(this.refreshTimer);
     const all = [...this.byUser.values()].flat();
     for (const c of all) c.socket?.close(CloseCode.GOING_AWAY, "gateway shutting down: reconnect");
     for (const c of all) this.close(c);
     await this.queueFlush();
-    await this.reportPresence();
+    await this.presence.stop();
     this.readCursors.flush();
     await this.readCursors.idle();
   }

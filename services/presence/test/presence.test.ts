@@ -42,19 +42,19 @@ if (redisUrl) {
     it("uses Redis; Unavailable fast while Redis is down, working again once it is back", async () => {
       assert.ok(ctx.store instanceof RedisPresenceStore);
       const u = randomUuid();
-      await client.reportConnections({ gatewayId: "gw-1", onlineUserIds: [u] });
+      await client.reportConnections({ gatewayId: "gw-1", online: [{ userId: u }] });
       assert.equal((await client.getPresence({ userIds: [u] })).presences[0]?.state, PresenceState.ONLINE);
 
       await server.stop();
       const unavailable = (e: unknown) => ConnectError.from(e).code === Code.Unavailable;
       const t = Date.now();
       await assert.rejects(client.getPresence({ userIds: [u] }), unavailable);
-      await assert.rejects(client.reportConnections({ gatewayId: "gw-1", onlineUserIds: [u] }), unavailable);
+      await assert.rejects(client.reportConnections({ gatewayId: "gw-1", online: [{ userId: u }] }), unavailable);
       assert.ok(Date.now() - t < 1500, "fails fast");
 
       await server.start(); // empty: no persistence
       await eventually("presence usable again", async () => {
-        await client.reportConnections({ gatewayId: "gw-1", onlineUserIds: [u] });
+        await client.reportConnections({ gatewayId: "gw-1", online: [{ userId: u }] });
         return true;
       });
       assert.equal((await client.getPresence({ userIds: [u] })).presences[0]?.state, PresenceState.ONLINE);
@@ -77,7 +77,7 @@ describe("PresenceService", () => {
 
   it("reports and reads presence through the API", async () => {
     const [a, b] = [randomUuid(), randomUuid()];
-    await client.reportConnections({ gatewayId: "gw-1", onlineUserIds: [a, b] });
+    await client.reportConnections({ gatewayId: "gw-1", online: [{ userId: a }, { userId: b }] });
     now += 1000;
     await client.reportConnections({ gatewayId: "gw-1", offlineUserIds: [b] });
     const res = await client.getPresence({ userIds: [a, b] });
@@ -95,8 +95,8 @@ describe("PresenceService", () => {
   it("rejects malformed ids and empty gateway ids", async () => {
     const bad = async (p: Promise<unknown>) =>
       assert.rejects(p, (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
-    await bad(client.reportConnections({ gatewayId: "", onlineUserIds: [] }));
-    await bad(client.reportConnections({ gatewayId: "gw", onlineUserIds: ["not-a-uuid"] }));
+    await bad(client.reportConnections({ gatewayId: "", online: [] }));
+    await bad(client.reportConnections({ gatewayId: "gw", online: [{ userId: "not-a-uuid" }] }));
     await bad(client.getPresence({ userIds: ["x"] }));
   });
 });

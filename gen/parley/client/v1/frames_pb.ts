@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/client/v1/frames.proto.
  */
 export const file_parley_client_v1_frames: GenFile = /*@__PURE__*/
-  fileDesc("Ch1wYXJsZXkvY2xpZW50L3YxL2ZyYW1lcy5wcm90bxIQcGFybGV5LmNsaWVudC52MSJ5CgtDbGllbnRGcmFtZRILCgNyZWYYASABKA0SLQoEc2VuZBgKIAEoCzIdLnBhcmxleS5jbGllbnQudjEuU2VuZE1lc3NhZ2VIABImCgRwaW5nGAsgASgLMhYucGFybGV5LmNsaWVudC52MS5QaW5nSABCBgoEa2luZCL2AQoLU2VydmVyRnJhbWUSCwoDcmVmGAEgASgNEigKBWhlbGxvGAogASgLMhcucGFybGV5LmNsaWVudC52MS5IZWxsb0gAEigKA2FjaxgLIAEoCzIZLnBhcmxleS5jbGllbnQudjEuU2VuZEFja0gAEiwKB21lc3NhZ2UYDCABKAsyGS5wYXJsZXkuY2xpZW50LnYxLk1lc3NhZ2VIABIoCgVlcnJvchgNIAEoCzIXLnBhcmxleS5jbGllbnQudjEuRXJyb3JIABImCgRwb25nGA4gASgLMhYucGFybGV5LmNsaWVudC52MS5Qb25nSABCBgoEa2luZCJLCgtTZW5kTWVzc2FnZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIMCgRib2R5GAMgASgJIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiigEKBUhlbGxvEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSEgoKZ2F0ZXdheV9pZBgEIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBSABKA0SHAoUaWRsZV90aW1lb3V0X3NlY29uZHMYBiABKA0imgEKB1NlbmRBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEhIKCm1lc3NhZ2VfaWQYBCABKAkSKwoHc2VudF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZHVwbGljYXRlGAYgASgIIm0KBUVycm9yEikKBGNvZGUYASABKA4yGy5wYXJsZXkuY2xpZW50LnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBIVCg1jbGllbnRfbXNnX2lkGAQgASgJIkYKBFBvbmcSDQoFbm9uY2UYASABKAQSLwoLc2VydmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKtQCCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEh4KGkVSUk9SX0NPREVfTUFMRk9STUVEX0ZSQU1FEAESHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAISHgoaRVJST1JfQ09ERV9GUkFNRV9UT09fTEFSR0UQAxIfChtFUlJPUl9DT0RFX0lOVkFMSURfQVJHVU1FTlQQBBIgChxFUlJPUl9DT0RFX1BFUk1JU1NJT05fREVOSUVEEAUSGAoURVJST1JfQ09ERV9OT1RfRk9VTkQQBhIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBAHEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQCBIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEAkSHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQCmIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_client_v1_types]);
+  fileDesc("Ch1wYXJsZXkvY2xpZW50L3YxL2ZyYW1lcy5wcm90bxIQcGFybGV5LmNsaWVudC52MSLLAgoLQ2xpZW50RnJhbWUSCwoDcmVmGAEgASgNEi0KBHNlbmQYCiABKAsyHS5wYXJsZXkuY2xpZW50LnYxLlNlbmRNZXNzYWdlSAASJgoEcGluZxgLIAEoCzIWLnBhcmxleS5jbGllbnQudjEuUGluZ0gAEioKBnJlc3VtZRgMIAEoCzIYLnBhcmxleS5jbGllbnQudjEuUmVzdW1lSAASKgoGdHlwaW5nGA0gASgLMhgucGFybGV5LmNsaWVudC52MS5UeXBpbmdIABJBChJzdWJzY3JpYmVfcHJlc2VuY2UYDiABKAsyIy5wYXJsZXkuY2xpZW50LnYxLlN1YnNjcmliZVByZXNlbmNlSAASNQoMc2V0X3ByZXNlbmNlGA8gASgLMh0ucGFybGV5LmNsaWVudC52MS5TZXRQcmVzZW5jZUgAQgYKBGtpbmQikQMKC1NlcnZlckZyYW1lEgsKA3JlZhgBIAEoDRIoCgVoZWxsbxgKIAEoCzIXLnBhcmxleS5jbGllbnQudjEuSGVsbG9IABIoCgNhY2sYCyABKAsyGS5wYXJsZXkuY2xpZW50LnYxLlNlbmRBY2tIABIsCgdtZXNzYWdlGAwgASgLMhkucGFybGV5LmNsaWVudC52MS5NZXNzYWdlSAASKAoFZXJyb3IYDSABKAsyFy5wYXJsZXkuY2xpZW50LnYxLkVycm9ySAASJgoEcG9uZxgOIAEoCzIWLnBhcmxleS5jbGllbnQudjEuUG9uZ0gAEjMKC3Jlc3VtZV9kb25lGA8gASgLMhwucGFybGV5LmNsaWVudC52MS5SZXN1bWVEb25lSAASLwoGdHlwaW5nGBAgASgLMh0ucGFybGV5LmNsaWVudC52MS5UeXBpbmdFdmVudEgAEjMKCHByZXNlbmNlGBEgASgLMh8ucGFybGV5LmNsaWVudC52MS5QcmVzZW5jZUV2ZW50SABCBgoEa2luZCJLCgtTZW5kTWVzc2FnZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIMCgRib2R5GAMgASgJIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiigEKBUhlbGxvEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSEgoKZ2F0ZXdheV9pZBgEIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBSABKA0SHAoUaWRsZV90aW1lb3V0X3NlY29uZHMYBiABKA0imgEKB1NlbmRBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEhIKCm1lc3NhZ2VfaWQYBCABKAkSKwoHc2VudF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZHVwbGljYXRlGAYgASgIIm0KBUVycm9yEikKBGNvZGUYASABKA4yGy5wYXJsZXkuY2xpZW50LnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBIVCg1jbGllbnRfbXNnX2lkGAQgASgJIkYKBFBvbmcSDQoFbm9uY2UYASABKAQSLwoLc2VydmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlUKBlJlc3VtZRI1CgdjdXJzb3JzGAEgAygLMiQucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb25DdXJzb3ISFAoMbWF4X21lc3NhZ2VzGAIgASgNIjoKEkNvbnZlcnNhdGlvbkN1cnNvchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEIkcKClJlc3VtZURvbmUSEAoIY29tcGxldGUYASABKAgSEAoIbWVzc2FnZXMYAiABKA0SFQoNY29udmVyc2F0aW9ucxgDIAEoDSIyCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3N0b3BwZWQYAiABKAgicgoLVHlwaW5nRXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEg8KB3N0b3BwZWQYBCABKAgSFQoNZXhwaXJlc19pbl9tcxgFIAEoDSJCChFTdWJzY3JpYmVQcmVzZW5jZRIUCgxhZGRfdXNlcl9pZHMYASADKAkSFwoPcmVtb3ZlX3VzZXJfaWRzGAIgAygJIj0KC1NldFByZXNlbmNlEi4KBXN0YXRlGAEgASgOMh8ucGFybGV5LmNsaWVudC52MS5QcmVzZW5jZVN0YXRlIoIBCg1QcmVzZW5jZUV2ZW50Eg8KB3VzZXJfaWQYASABKAkSLgoFc3RhdGUYAiABKA4yHy5wYXJsZXkuY2xpZW50LnYxLlByZXNlbmNlU3RhdGUSMAoMbGFzdF9zZWVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCrzAgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIeChpFUlJPUl9DT0RFX01BTEZPUk1FRF9GUkFNRRABEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRACEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAMSHwobRVJST1JfQ09ERV9JTlZBTElEX0FSR1VNRU5UEAQSIAocRVJST1JfQ09ERV9QRVJNSVNTSU9OX0RFTklFRBAFEhgKFEVSUk9SX0NPREVfTk9UX0ZPVU5EEAYSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQBxIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEAgSFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAJEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAoSHQoZRVJST1JfQ09ERV9MSU1JVF9FWENFRURFRBALKn8KDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIXChNQUkVTRU5DRV9TVEFURV9BV0FZEAISGgoWUFJFU0VOQ0VfU1RBVEVfT0ZGTElORRADYgZwcm90bzM", [file_google_protobuf_timestamp, file_parley_client_v1_types]);
 
 /**
  * The WebSocket protocol. Binary frames carry a ClientFrame/ServerFrame in the
@@ -49,6 +49,30 @@ export type ClientFrame = Message<"parley.client.v1.ClientFrame"> & {
      */
     value: Ping;
     case: "ping";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.Resume resume = 12;
+     */
+    value: Resume;
+    case: "resume";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.Typing typing = 13;
+     */
+    value: Typing;
+    case: "typing";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.SubscribePresence subscribe_presence = 14;
+     */
+    value: SubscribePresence;
+    case: "subscribePresence";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.SetPresence set_presence = 15;
+     */
+    value: SetPresence;
+    case: "setPresence";
   } | { case: undefined; value?: undefined };
 };
 
@@ -103,6 +127,24 @@ export type ServerFrame = Message<"parley.client.v1.ServerFrame"> & {
      */
     value: Pong;
     case: "pong";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ResumeDone resume_done = 15;
+     */
+    value: ResumeDone;
+    case: "resumeDone";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.TypingEvent typing = 16;
+     */
+    value: TypingEvent;
+    case: "typing";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.PresenceEvent presence = 17;
+     */
+    value: PresenceEvent;
+    case: "presence";
   } | { case: undefined; value?: undefined };
 };
 
@@ -315,6 +357,232 @@ export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
   messageDesc(file_parley_client_v1_frames, 7);
 
 /**
+ * Asks for everything this device missed. Sent after Hello (on every reconnect, on
+ * whichever gateway). The server answers with the missed messages as `message` frames,
+ * in sequence order per conversation, most recently active conversations first, then
+ * `resume_done`. Live messages that arrive meanwhile are held back and follow
+ * `resume_done` (without repeating what the resume sent), so the device sees each
+ * conversation in order.
+ *
+ * @generated from message parley.client.v1.Resume
+ */
+export type Resume = Message<"parley.client.v1.Resume"> & {
+  /**
+   * What the device has: per conversation, the highest sequence number it holds
+   * without a gap. Conversations not named are sent from their first message.
+   *
+   * @generated from field: repeated parley.client.v1.ConversationCursor cursors = 1;
+   */
+  cursors: ConversationCursor[];
+
+  /**
+   * At most this many messages (1..10,000; default 10,000). When more were missed,
+   * resume_done says so and the device pages the rest with ChatService.GetHistory.
+   *
+   * @generated from field: uint32 max_messages = 2;
+   */
+  maxMessages: number;
+};
+
+/**
+ * Describes the message parley.client.v1.Resume.
+ * Use `create(ResumeSchema)` to create a new message.
+ */
+export const ResumeSchema: GenMessage<Resume> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 8);
+
+/**
+ * @generated from message parley.client.v1.ConversationCursor
+ */
+export type ConversationCursor = Message<"parley.client.v1.ConversationCursor"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message parley.client.v1.ConversationCursor.
+ * Use `create(ConversationCursorSchema)` to create a new message.
+ */
+export const ConversationCursorSchema: GenMessage<ConversationCursor> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 9);
+
+/**
+ * @generated from message parley.client.v1.ResumeDone
+ */
+export type ResumeDone = Message<"parley.client.v1.ResumeDone"> & {
+  /**
+   * True when every missed message was sent; false when max_messages (or a backend
+   * failure) cut it short: the device fetches the rest by history.
+   *
+   * @generated from field: bool complete = 1;
+   */
+  complete: boolean;
+
+  /**
+   * @generated from field: uint32 messages = 2;
+   */
+  messages: number;
+
+  /**
+   * @generated from field: uint32 conversations = 3;
+   */
+  conversations: number;
+};
+
+/**
+ * Describes the message parley.client.v1.ResumeDone.
+ * Use `create(ResumeDoneSchema)` to create a new message.
+ */
+export const ResumeDoneSchema: GenMessage<ResumeDone> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 10);
+
+/**
+ * "I am typing" in a conversation (or stopped). Ephemeral: never stored. The server
+ * forwards at most one per user and conversation every 3 seconds and drops the rest.
+ *
+ * @generated from message parley.client.v1.Typing
+ */
+export type Typing = Message<"parley.client.v1.Typing"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: bool stopped = 2;
+   */
+  stopped: boolean;
+};
+
+/**
+ * Describes the message parley.client.v1.Typing.
+ * Use `create(TypingSchema)` to create a new message.
+ */
+export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 11);
+
+/**
+ * @generated from message parley.client.v1.TypingEvent
+ */
+export type TypingEvent = Message<"parley.client.v1.TypingEvent"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string device_id = 3;
+   */
+  deviceId: string;
+
+  /**
+   * @generated from field: bool stopped = 4;
+   */
+  stopped: boolean;
+
+  /**
+   * Show the indicator this long unless another event comes (milliseconds).
+   *
+   * @generated from field: uint32 expires_in_ms = 5;
+   */
+  expiresInMs: number;
+};
+
+/**
+ * Describes the message parley.client.v1.TypingEvent.
+ * Use `create(TypingEventSchema)` to create a new message.
+ */
+export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 12);
+
+/**
+ * Changes the set of users whose presence this connection follows (contacts on screen,
+ * members of the open conversation). Each added user's current presence is sent at
+ * once, then its changes. At most 500 users per connection.
+ *
+ * @generated from message parley.client.v1.SubscribePresence
+ */
+export type SubscribePresence = Message<"parley.client.v1.SubscribePresence"> & {
+  /**
+   * @generated from field: repeated string add_user_ids = 1;
+   */
+  addUserIds: string[];
+
+  /**
+   * @generated from field: repeated string remove_user_ids = 2;
+   */
+  removeUserIds: string[];
+};
+
+/**
+ * Describes the message parley.client.v1.SubscribePresence.
+ * Use `create(SubscribePresenceSchema)` to create a new message.
+ */
+export const SubscribePresenceSchema: GenMessage<SubscribePresence> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 13);
+
+/**
+ * This device's own state: ONLINE or AWAY (idle). A user's presence is the most active
+ * state of their devices.
+ *
+ * @generated from message parley.client.v1.SetPresence
+ */
+export type SetPresence = Message<"parley.client.v1.SetPresence"> & {
+  /**
+   * @generated from field: parley.client.v1.PresenceState state = 1;
+   */
+  state: PresenceState;
+};
+
+/**
+ * Describes the message parley.client.v1.SetPresence.
+ * Use `create(SetPresenceSchema)` to create a new message.
+ */
+export const SetPresenceSchema: GenMessage<SetPresence> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 14);
+
+/**
+ * @generated from message parley.client.v1.PresenceEvent
+ */
+export type PresenceEvent = Message<"parley.client.v1.PresenceEvent"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: parley.client.v1.PresenceState state = 2;
+   */
+  state: PresenceState;
+
+  /**
+   * When the user was last online (for OFFLINE); unset when never.
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen_at = 3;
+   */
+  lastSeenAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.client.v1.PresenceEvent.
+ * Use `create(PresenceEventSchema)` to create a new message.
+ */
+export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 15);
+
+/**
  * Error codes of error frames. Codes marked retryable may succeed when the same
  * frame is sent again later; the others will not.
  *
@@ -391,6 +659,13 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_CODE_UNAUTHENTICATED = 10;
    */
   UNAUTHENTICATED = 10,
+
+  /**
+   * A per-connection limit is reached (e.g. 500 presence subscriptions).
+   *
+   * @generated from enum value: ERROR_CODE_LIMIT_EXCEEDED = 11;
+   */
+  LIMIT_EXCEEDED = 11,
 }
 
 /**
@@ -398,4 +673,35 @@ export enum ErrorCode {
  */
 export const ErrorCodeSchema: GenEnum<ErrorCode> = /*@__PURE__*/
   enumDesc(file_parley_client_v1_frames, 0);
+
+/**
+ * @generated from enum parley.client.v1.PresenceState
+ */
+export enum PresenceState {
+  /**
+   * @generated from enum value: PRESENCE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: PRESENCE_STATE_ONLINE = 1;
+   */
+  ONLINE = 1,
+
+  /**
+   * @generated from enum value: PRESENCE_STATE_AWAY = 2;
+   */
+  AWAY = 2,
+
+  /**
+   * @generated from enum value: PRESENCE_STATE_OFFLINE = 3;
+   */
+  OFFLINE = 3,
+}
+
+/**
+ * Describes the enum parley.client.v1.PresenceState.
+ */
+export const PresenceStateSchema: GenEnum<PresenceState> = /*@__PURE__*/
+  enumDesc(file_parley_client_v1_frames, 1);
 

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/gateway/v1/delivery_service.proto.
  */
 export const file_parley_gateway_v1_delivery_service: GenFile = /*@__PURE__*/
-  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIRCg9HZXRTdGF0c1JlcXVlc3QikQEKEEdldFN0YXRzUmVzcG9uc2USEwoLY29ubmVjdGlvbnMYASABKA0SEQoJZnJhbWVzX2luGAIgASgEEhIKCmZyYW1lc19vdXQYAyABKAQSFQoNZGVsaXZlcl9jYWxscxgEIAEoBBIRCgllbnZlbG9wZXMYBSABKAQSFwoPdG9waWNfcHVibGlzaGVzGAYgASgEIqUBCghFbnZlbG9wZRIQCgh1c2VyX2lkcxgBIAMoCRIUCgxzZXJ2ZXJfZnJhbWUYAiABKAwSGQoRZXhjbHVkZV9kZXZpY2VfaWQYAyABKAkSHQoVdG9waWNfY29udmVyc2F0aW9uX2lkGAQgASgJEjcKCm1lbWJlcnNoaXAYBSABKAsyIy5wYXJsZXkuZ2F0ZXdheS52MS5NZW1iZXJzaGlwVXBkYXRlImwKEE1lbWJlcnNoaXBVcGRhdGUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD2pvaW5lZF91c2VyX2lkcxgCIAMoCRIVCg1sZWZ0X3VzZXJfaWRzGAMgAygJEg8KB2RlbGV0ZWQYBCABKAgiQAoORGVsaXZlclJlcXVlc3QSLgoJZW52ZWxvcGVzGAEgAygLMhsucGFybGV5LmdhdGV3YXkudjEuRW52ZWxvcGUiWwoPRGVsaXZlclJlc3BvbnNlEhgKEGRlbGl2ZXJlZF9mcmFtZXMYASABKA0SFwoPYWJzZW50X3VzZXJfaWRzGAIgAygJEhUKDWFic2VudF90b3BpY3MYAyADKAkyuAEKD0RlbGl2ZXJ5U2VydmljZRJQCgdEZWxpdmVyEiEucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlcXVlc3QaIi5wYXJsZXkuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2USUwoIR2V0U3RhdHMSIi5wYXJsZXkuZ2F0ZXdheS52MS5HZXRTdGF0c1JlcXVlc3QaIy5wYXJsZXkuZ2F0ZXdheS52MS5HZXRTdGF0c1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIRCg9HZXRTdGF0c1JlcXVlc3QikQEKEEdldFN0YXRzUmVzcG9uc2USEwoLY29ubmVjdGlvbnMYASABKA0SEQoJZnJhbWVzX2luGAIgASgEEhIKCmZyYW1lc19vdXQYAyABKAQSFQoNZGVsaXZlcl9jYWxscxgEIAEoBBIRCgllbnZlbG9wZXMYBSABKAQSFwoPdG9waWNfcHVibGlzaGVzGAYgASgEIugBCghFbnZlbG9wZRIQCgh1c2VyX2lkcxgBIAMoCRIUCgxzZXJ2ZXJfZnJhbWUYAiABKAwSGQoRZXhjbHVkZV9kZXZpY2VfaWQYAyABKAkSHQoVdG9waWNfY29udmVyc2F0aW9uX2lkGAQgASgJEjcKCm1lbWJlcnNoaXAYBSABKAsyIy5wYXJsZXkuZ2F0ZXdheS52MS5NZW1iZXJzaGlwVXBkYXRlEhcKD2NvbnZlcnNhdGlvbl9pZBgGIAEoCRILCgNzZXEYByABKAQSGwoTd2F0Y2hlcnNfb2ZfdXNlcl9pZBgIIAEoCSJsChBNZW1iZXJzaGlwVXBkYXRlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIXCg9qb2luZWRfdXNlcl9pZHMYAiADKAkSFQoNbGVmdF91c2VyX2lkcxgDIAMoCRIPCgdkZWxldGVkGAQgASgIIkAKDkRlbGl2ZXJSZXF1ZXN0Ei4KCWVudmVsb3BlcxgBIAMoCzIbLnBhcmxleS5nYXRld2F5LnYxLkVudmVsb3BlIlsKD0RlbGl2ZXJSZXNwb25zZRIYChBkZWxpdmVyZWRfZnJhbWVzGAEgASgNEhcKD2Fic2VudF91c2VyX2lkcxgCIAMoCRIVCg1hYnNlbnRfdG9waWNzGAMgAygJMrgBCg9EZWxpdmVyeVNlcnZpY2USUAoHRGVsaXZlchIhLnBhcmxleS5nYXRld2F5LnYxLkRlbGl2ZXJSZXF1ZXN0GiIucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlc3BvbnNlElMKCEdldFN0YXRzEiIucGFybGV5LmdhdGV3YXkudjEuR2V0U3RhdHNSZXF1ZXN0GiMucGFybGV5LmdhdGV3YXkudjEuR2V0U3RhdHNSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * @generated from message parley.gateway.v1.GetStatsRequest
@@ -114,6 +114,27 @@ export type Envelope = Message<"parley.gateway.v1.Envelope"> & {
    * @generated from field: parley.gateway.v1.MembershipUpdate membership = 5;
    */
   membership?: MembershipUpdate | undefined;
+
+  /**
+   * For a stored message: its conversation and sequence number, so a gateway can hold
+   * and de-duplicate live frames for a device that is resuming. 0 for other frames.
+   *
+   * @generated from field: string conversation_id = 6;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 seq = 7;
+   */
+  seq: bigint;
+
+  /**
+   * Presence: the frame goes to the connections here that follow this user's presence
+   * (user_ids and topic_conversation_id are empty).
+   *
+   * @generated from field: string watchers_of_user_id = 8;
+   */
+  watchersOfUserId: string;
 };
 
 /**

@@ -14,7 +14,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file parley/messagestore/v1/messagestore_service.proto.
  */
 export const file_parley_messagestore_v1_messagestore_service: GenFile = /*@__PURE__*/
-  fileDesc("CjFwYXJsZXkvbWVzc2FnZXN0b3JlL3YxL21lc3NhZ2VzdG9yZV9zZXJ2aWNlLnByb3RvEhZwYXJsZXkubWVzc2FnZXN0b3JlLnYxItEBCgdNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYCSABKAwiiQEKDUFwcGVuZFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXNlbmRlcl9pZBgCIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCRINCgVldmVudBgGIAEoDCJVCg5BcHBlbmRSZXNwb25zZRIwCgdtZXNzYWdlGAEgASgLMh8ucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCJMChJBcHBlbmRCYXRjaFJlcXVlc3QSNgoHYXBwZW5kcxgBIAMoCzIlLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVxdWVzdCJMChNBcHBlbmRCYXRjaFJlc3BvbnNlEjUKB3Jlc3VsdHMYASADKAsyJC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3VsdCJ8CgxBcHBlbmRSZXN1bHQSNAoCb2sYASABKAsyJi5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJPChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJHChJHZXRIaXN0b3J5UmVzcG9uc2USMQoIbWVzc2FnZXMYASADKAsyHy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLk1lc3NhZ2UiSQoPR2V0SGVhZHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkSHAoUaW5jbHVkZV9sYXN0X21lc3NhZ2UYAiABKAgimgEKBEhlYWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCGxhc3Rfc2VxGAIgASgEEjAKDGxhc3Rfc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoMbGFzdF9tZXNzYWdlGAQgASgLMh8ucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5NZXNzYWdlIj8KEEdldEhlYWRzUmVzcG9uc2USKwoFaGVhZHMYASADKAsyHC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkhlYWQymgMKE01lc3NhZ2VTdG9yZVNlcnZpY2USVwoGQXBwZW5kEiUucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXF1ZXN0GiYucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRSZXNwb25zZRJmCgtBcHBlbmRCYXRjaBIqLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kQmF0Y2hSZXF1ZXN0GisucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRCYXRjaFJlc3BvbnNlEmMKCkdldEhpc3RvcnkSKS5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhpc3RvcnlSZXF1ZXN0GioucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIaXN0b3J5UmVzcG9uc2USXQoIR2V0SGVhZHMSJy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhlYWRzUmVxdWVzdBooLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGVhZHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+  fileDesc("CjFwYXJsZXkvbWVzc2FnZXN0b3JlL3YxL21lc3NhZ2VzdG9yZV9zZXJ2aWNlLnByb3RvEhZwYXJsZXkubWVzc2FnZXN0b3JlLnYxItEBCgdNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIRCglzZW5kZXJfaWQYBCABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoCRIVCg1jbGllbnRfbXNnX2lkGAYgASgJEgwKBGJvZHkYByABKAkSKwoHc2VudF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFZXZlbnQYCSABKAwiiQEKDUFwcGVuZFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXNlbmRlcl9pZBgCIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCRINCgVldmVudBgGIAEoDCJVCg5BcHBlbmRSZXNwb25zZRIwCgdtZXNzYWdlGAEgASgLMh8ucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5NZXNzYWdlEhEKCWR1cGxpY2F0ZRgCIAEoCCJMChJBcHBlbmRCYXRjaFJlcXVlc3QSNgoHYXBwZW5kcxgBIAMoCzIlLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuQXBwZW5kUmVxdWVzdCJMChNBcHBlbmRCYXRjaFJlc3BvbnNlEjUKB3Jlc3VsdHMYASADKAsyJC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3VsdCJ8CgxBcHBlbmRSZXN1bHQSNAoCb2sYASABKAsyJi5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJPChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSJHChJHZXRIaXN0b3J5UmVzcG9uc2USMQoIbWVzc2FnZXMYASADKAsyHy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLk1lc3NhZ2UiSQoPR2V0SGVhZHNSZXF1ZXN0EhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkSHAoUaW5jbHVkZV9sYXN0X21lc3NhZ2UYAiABKAgimgEKBEhlYWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCGxhc3Rfc2VxGAIgASgEEjAKDGxhc3Rfc2VudF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoMbGFzdF9tZXNzYWdlGAQgASgLMh8ucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5NZXNzYWdlIj8KEEdldEhlYWRzUmVzcG9uc2USKwoFaGVhZHMYASADKAsyHC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkhlYWQiTAoPR2V0UmFuZ2VSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iRQoQR2V0UmFuZ2VSZXNwb25zZRIxCghtZXNzYWdlcxgBIAMoCzIfLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuTWVzc2FnZTL5AwoTTWVzc2FnZVN0b3JlU2VydmljZRJXCgZBcHBlbmQSJS5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlcXVlc3QaJi5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZFJlc3BvbnNlEmYKC0FwcGVuZEJhdGNoEioucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5BcHBlbmRCYXRjaFJlcXVlc3QaKy5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkFwcGVuZEJhdGNoUmVzcG9uc2USYwoKR2V0SGlzdG9yeRIpLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGlzdG9yeVJlcXVlc3QaKi5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldEhpc3RvcnlSZXNwb25zZRJdCghHZXRIZWFkcxInLnBhcmxleS5tZXNzYWdlc3RvcmUudjEuR2V0SGVhZHNSZXF1ZXN0GigucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRIZWFkc1Jlc3BvbnNlEl0KCEdldFJhbmdlEicucGFybGV5Lm1lc3NhZ2VzdG9yZS52MS5HZXRSYW5nZVJlcXVlc3QaKC5wYXJsZXkubWVzc2FnZXN0b3JlLnYxLkdldFJhbmdlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
 
 /**
  * @generated from message parley.messagestore.v1.Message
@@ -329,6 +329,54 @@ export const GetHeadsResponseSchema: GenMessage<GetHeadsResponse> = /*@__PURE__*
   messageDesc(file_parley_messagestore_v1_messagestore_service, 10);
 
 /**
+ * @generated from message parley.messagestore.v1.GetRangeRequest
+ */
+export type GetRangeRequest = Message$1<"parley.messagestore.v1.GetRangeRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 after_seq = 2;
+   */
+  afterSeq: bigint;
+
+  /**
+   * 1..1,000, default 200.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message parley.messagestore.v1.GetRangeRequest.
+ * Use `create(GetRangeRequestSchema)` to create a new message.
+ */
+export const GetRangeRequestSchema: GenMessage<GetRangeRequest> = /*@__PURE__*/
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 11);
+
+/**
+ * @generated from message parley.messagestore.v1.GetRangeResponse
+ */
+export type GetRangeResponse = Message$1<"parley.messagestore.v1.GetRangeResponse"> & {
+  /**
+   * Oldest first, consecutive sequence numbers.
+   *
+   * @generated from field: repeated parley.messagestore.v1.Message messages = 1;
+   */
+  messages: Message[];
+};
+
+/**
+ * Describes the message parley.messagestore.v1.GetRangeResponse.
+ * Use `create(GetRangeResponseSchema)` to create a new message.
+ */
+export const GetRangeResponseSchema: GenMessage<GetRangeResponse> = /*@__PURE__*/
+  messageDesc(file_parley_messagestore_v1_messagestore_service, 12);
+
+/**
  * Per-conversation sequence numbers and message history. Messages are keyed by
  * (conversation_id, seq): partitioned by conversation, clustered by sequence.
  *
@@ -376,6 +424,16 @@ export const MessageStoreService: GenService<{
     methodKind: "unary";
     input: typeof GetHeadsRequestSchema;
     output: typeof GetHeadsResponseSchema;
+  },
+  /**
+   * Messages with seq > after_seq, oldest first (resuming devices).
+   *
+   * @generated from rpc parley.messagestore.v1.MessageStoreService.GetRange
+   */
+  getRange: {
+    methodKind: "unary";
+    input: typeof GetRangeRequestSchema;
+    output: typeof GetRangeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_messagestore_v1_messagestore_service, 0);

@@ -12,7 +12,31 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/presence/v1/presence_service.proto.
  */
 export const file_parley_presence_v1_presence_service: GenFile = /*@__PURE__*/
-  fileDesc("CilwYXJsZXkvcHJlc2VuY2UvdjEvcHJlc2VuY2Vfc2VydmljZS5wcm90bxIScGFybGV5LnByZXNlbmNlLnYxImEKGFJlcG9ydENvbm5lY3Rpb25zUmVxdWVzdBISCgpnYXRld2F5X2lkGAEgASgJEhcKD29ubGluZV91c2VyX2lkcxgCIAMoCRIYChBvZmZsaW5lX3VzZXJfaWRzGAMgAygJIhsKGVJlcG9ydENvbm5lY3Rpb25zUmVzcG9uc2UiJgoSR2V0UHJlc2VuY2VSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIoMBCgxVc2VyUHJlc2VuY2USDwoHdXNlcl9pZBgBIAEoCRIwCgVzdGF0ZRgCIAEoDjIhLnBhcmxleS5wcmVzZW5jZS52MS5QcmVzZW5jZVN0YXRlEjAKDGxhc3Rfc2Vlbl9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSgoTR2V0UHJlc2VuY2VSZXNwb25zZRIzCglwcmVzZW5jZXMYASADKAsyIC5wYXJsZXkucHJlc2VuY2UudjEuVXNlclByZXNlbmNlKmYKDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIaChZQUkVTRU5DRV9TVEFURV9PRkZMSU5FEAIy4wEKD1ByZXNlbmNlU2VydmljZRJwChFSZXBvcnRDb25uZWN0aW9ucxIsLnBhcmxleS5wcmVzZW5jZS52MS5SZXBvcnRDb25uZWN0aW9uc1JlcXVlc3QaLS5wYXJsZXkucHJlc2VuY2UudjEuUmVwb3J0Q29ubmVjdGlvbnNSZXNwb25zZRJeCgtHZXRQcmVzZW5jZRImLnBhcmxleS5wcmVzZW5jZS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaJy5wYXJsZXkucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CilwYXJsZXkvcHJlc2VuY2UvdjEvcHJlc2VuY2Vfc2VydmljZS5wcm90bxIScGFybGV5LnByZXNlbmNlLnYxIk4KCVVzZXJTdGF0ZRIPCgd1c2VyX2lkGAEgASgJEjAKBXN0YXRlGAIgASgOMiEucGFybGV5LnByZXNlbmNlLnYxLlByZXNlbmNlU3RhdGUinAEKGFJlcG9ydENvbm5lY3Rpb25zUmVxdWVzdBISCgpnYXRld2F5X2lkGAEgASgJEi0KBm9ubGluZRgEIAMoCzIdLnBhcmxleS5wcmVzZW5jZS52MS5Vc2VyU3RhdGUSGAoQb2ZmbGluZV91c2VyX2lkcxgDIAMoCRIMCgRmdWxsGAUgASgISgQIAhADUg9vbmxpbmVfdXNlcl9pZHMiGwoZUmVwb3J0Q29ubmVjdGlvbnNSZXNwb25zZSImChJHZXRQcmVzZW5jZVJlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkigwEKDFVzZXJQcmVzZW5jZRIPCgd1c2VyX2lkGAEgASgJEjAKBXN0YXRlGAIgASgOMiEucGFybGV5LnByZXNlbmNlLnYxLlByZXNlbmNlU3RhdGUSMAoMbGFzdF9zZWVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKChNHZXRQcmVzZW5jZVJlc3BvbnNlEjMKCXByZXNlbmNlcxgBIAMoCzIgLnBhcmxleS5wcmVzZW5jZS52MS5Vc2VyUHJlc2VuY2UqfwoNUHJlc2VuY2VTdGF0ZRIeChpQUkVTRU5DRV9TVEFURV9VTlNQRUNJRklFRBAAEhkKFVBSRVNFTkNFX1NUQVRFX09OTElORRABEhoKFlBSRVNFTkNFX1NUQVRFX09GRkxJTkUQAhIXChNQUkVTRU5DRV9TVEFURV9BV0FZEAMy4wEKD1ByZXNlbmNlU2VydmljZRJwChFSZXBvcnRDb25uZWN0aW9ucxIsLnBhcmxleS5wcmVzZW5jZS52MS5SZXBvcnRDb25uZWN0aW9uc1JlcXVlc3QaLS5wYXJsZXkucHJlc2VuY2UudjEuUmVwb3J0Q29ubmVjdGlvbnNSZXNwb25zZRJeCgtHZXRQcmVzZW5jZRImLnBhcmxleS5wcmVzZW5jZS52MS5HZXRQcmVzZW5jZVJlcXVlc3QaJy5wYXJsZXkucHJlc2VuY2UudjEuR2V0UHJlc2VuY2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+
+/**
+ * @generated from message parley.presence.v1.UserState
+ */
+export type UserState = Message<"parley.presence.v1.UserState"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * ONLINE or AWAY: the most active state of the user's devices on this gateway.
+   *
+   * @generated from field: parley.presence.v1.PresenceState state = 2;
+   */
+  state: PresenceState;
+};
+
+/**
+ * Describes the message parley.presence.v1.UserState.
+ * Use `create(UserStateSchema)` to create a new message.
+ */
+export const UserStateSchema: GenMessage<UserState> = /*@__PURE__*/
+  messageDesc(file_parley_presence_v1_presence_service, 0);
 
 /**
  * @generated from message parley.presence.v1.ReportConnectionsRequest
@@ -24,11 +48,11 @@ export type ReportConnectionsRequest = Message<"parley.presence.v1.ReportConnect
   gatewayId: string;
 
   /**
-   * Users with at least one connection on the gateway.
+   * Users with at least one connection on the gateway, with their state there.
    *
-   * @generated from field: repeated string online_user_ids = 2;
+   * @generated from field: repeated parley.presence.v1.UserState online = 4;
    */
-  onlineUserIds: string[];
+  online: UserState[];
 
   /**
    * Users whose last connection on the gateway closed since the last report.
@@ -36,6 +60,14 @@ export type ReportConnectionsRequest = Message<"parley.presence.v1.ReportConnect
    * @generated from field: repeated string offline_user_ids = 3;
    */
   offlineUserIds: string[];
+
+  /**
+   * This report lists every user of the gateway (the periodic heartbeat): their entries
+   * are renewed. A delta (full = false) names only users that changed.
+   *
+   * @generated from field: bool full = 5;
+   */
+  full: boolean;
 };
 
 /**
@@ -43,7 +75,7 @@ export type ReportConnectionsRequest = Message<"parley.presence.v1.ReportConnect
  * Use `create(ReportConnectionsRequestSchema)` to create a new message.
  */
 export const ReportConnectionsRequestSchema: GenMessage<ReportConnectionsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_presence_v1_presence_service, 0);
+  messageDesc(file_parley_presence_v1_presence_service, 1);
 
 /**
  * @generated from message parley.presence.v1.ReportConnectionsResponse
@@ -56,7 +88,7 @@ export type ReportConnectionsResponse = Message<"parley.presence.v1.ReportConnec
  * Use `create(ReportConnectionsResponseSchema)` to create a new message.
  */
 export const ReportConnectionsResponseSchema: GenMessage<ReportConnectionsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_presence_v1_presence_service, 1);
+  messageDesc(file_parley_presence_v1_presence_service, 2);
 
 /**
  * @generated from message parley.presence.v1.GetPresenceRequest
@@ -73,7 +105,7 @@ export type GetPresenceRequest = Message<"parley.presence.v1.GetPresenceRequest"
  * Use `create(GetPresenceRequestSchema)` to create a new message.
  */
 export const GetPresenceRequestSchema: GenMessage<GetPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_parley_presence_v1_presence_service, 2);
+  messageDesc(file_parley_presence_v1_presence_service, 3);
 
 /**
  * @generated from message parley.presence.v1.UserPresence
@@ -100,7 +132,7 @@ export type UserPresence = Message<"parley.presence.v1.UserPresence"> & {
  * Use `create(UserPresenceSchema)` to create a new message.
  */
 export const UserPresenceSchema: GenMessage<UserPresence> = /*@__PURE__*/
-  messageDesc(file_parley_presence_v1_presence_service, 3);
+  messageDesc(file_parley_presence_v1_presence_service, 4);
 
 /**
  * @generated from message parley.presence.v1.GetPresenceResponse
@@ -117,7 +149,7 @@ export type GetPresenceResponse = Message<"parley.presence.v1.GetPresenceRespons
  * Use `create(GetPresenceResponseSchema)` to create a new message.
  */
 export const GetPresenceResponseSchema: GenMessage<GetPresenceResponse> = /*@__PURE__*/
-  messageDesc(file_parley_presence_v1_presence_service, 4);
+  messageDesc(file_parley_presence_v1_presence_service, 5);
 
 /**
  * @generated from enum parley.presence.v1.PresenceState
@@ -137,6 +169,11 @@ export enum PresenceState {
    * @generated from enum value: PRESENCE_STATE_OFFLINE = 2;
    */
   OFFLINE = 2,
+
+  /**
+   * @generated from enum value: PRESENCE_STATE_AWAY = 3;
+   */
+  AWAY = 3,
 }
 
 /**
@@ -146,8 +183,12 @@ export const PresenceStateSchema: GenEnum<PresenceState> = /*@__PURE__*/
   enumDesc(file_parley_presence_v1_presence_service, 0);
 
 /**
- * Online state of users. Gateways report their connected users in one batched
- * call per interval (never a call per connection).
+ * Online state of users. Gateways report their connected users in batches (a full
+ * report per heartbeat interval, deltas as soon as something changes; never a call per
+ * connection); entries expire after the TTL, so a dead gateway's users go offline by
+ * themselves. Changes, damped over a short window, are pushed only to the gateways that
+ * hold connections following the user (the registry's topic index, key
+ * `presence:<user_id>`), through DeliveryService.Deliver.
  *
  * @generated from service parley.presence.v1.PresenceService
  */

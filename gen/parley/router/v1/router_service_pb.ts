@@ -14,7 +14,79 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/router/v1/router_service.proto.
  */
 export const file_parley_router_v1_router_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxIq4BCh5BcHBseUNvbnZlcnNhdGlvbkNoYW5nZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCWNoYW5nZV9pZBgCIAEoCRIQCghhY3Rvcl9pZBgDIAEoCRINCgVldmVudBgEIAEoDBIXCg9qb2luZWRfdXNlcl9pZHMYBSADKAkSFQoNbGVmdF91c2VyX2lkcxgGIAMoCRIPCgdkZWxldGVkGAcgASgIIi4KH0FwcGx5Q29udmVyc2F0aW9uQ2hhbmdlUmVzcG9uc2USCwoDc2VxGAEgASgEIkAKEFNlbmRCYXRjaFJlcXVlc3QSLAoFc2VuZHMYASADKAsyHS5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXF1ZXN0IkIKEVNlbmRCYXRjaFJlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXN1bHQicgoKU2VuZFJlc3VsdBIsCgJvaxgBIAEoCzIeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlSAASLAoFZXJyb3IYAiABKAsyGy5wYXJsZXkuY29tbW9uLnYxLkl0ZW1FcnJvckgAQggKBnJlc3VsdCJ4CgtTZW5kUmVxdWVzdBIRCglzZW5kZXJfaWQYASABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCRIMCgRib2R5GAUgASgJIogBCgxTZW5kUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBISCgptZXNzYWdlX2lkGAMgASgJEisKB3NlbnRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWR1cGxpY2F0ZRgFIAEoCDKsAgoNUm91dGVyU2VydmljZRJFCgRTZW5kEh0ucGFybGV5LnJvdXRlci52MS5TZW5kUmVxdWVzdBoeLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlc3BvbnNlElQKCVNlbmRCYXRjaBIiLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVxdWVzdBojLnBhcmxleS5yb3V0ZXIudjEuU2VuZEJhdGNoUmVzcG9uc2USfgoXQXBwbHlDb252ZXJzYXRpb25DaGFuZ2USMC5wYXJsZXkucm91dGVyLnYxLkFwcGx5Q29udmVyc2F0aW9uQ2hhbmdlUmVxdWVzdBoxLnBhcmxleS5yb3V0ZXIudjEuQXBwbHlDb252ZXJzYXRpb25DaGFuZ2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+  fileDesc("CiVwYXJsZXkvcm91dGVyL3YxL3JvdXRlcl9zZXJ2aWNlLnByb3RvEhBwYXJsZXkucm91dGVyLnYxImwKDkVwaGVtZXJhbEV2ZW50EhEKCXNlbmRlcl9pZBgBIAEoCRIYChBzZW5kZXJfZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIUCgxzZXJ2ZXJfZnJhbWUYBCABKAwiSAoUU2VuZEVwaGVtZXJhbFJlcXVlc3QSMAoGZXZlbnRzGAEgAygLMiAucGFybGV5LnJvdXRlci52MS5FcGhlbWVyYWxFdmVudCIoChVTZW5kRXBoZW1lcmFsUmVzcG9uc2USDwoHcmVmdXNlZBgBIAEoDSKuAQoeQXBwbHlDb252ZXJzYXRpb25DaGFuZ2VSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCgljaGFuZ2VfaWQYAiABKAkSEAoIYWN0b3JfaWQYAyABKAkSDQoFZXZlbnQYBCABKAwSFwoPam9pbmVkX3VzZXJfaWRzGAUgAygJEhUKDWxlZnRfdXNlcl9pZHMYBiADKAkSDwoHZGVsZXRlZBgHIAEoCCIuCh9BcHBseUNvbnZlcnNhdGlvbkNoYW5nZVJlc3BvbnNlEgsKA3NlcRgBIAEoBCJAChBTZW5kQmF0Y2hSZXF1ZXN0EiwKBXNlbmRzGAEgAygLMh0ucGFybGV5LnJvdXRlci52MS5TZW5kUmVxdWVzdCJCChFTZW5kQmF0Y2hSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwucGFybGV5LnJvdXRlci52MS5TZW5kUmVzdWx0InIKClNlbmRSZXN1bHQSLAoCb2sYASABKAsyHi5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXNwb25zZUgAEiwKBWVycm9yGAIgASgLMhsucGFybGV5LmNvbW1vbi52MS5JdGVtRXJyb3JIAEIICgZyZXN1bHQieAoLU2VuZFJlcXVlc3QSEQoJc2VuZGVyX2lkGAEgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhUKDWNsaWVudF9tc2dfaWQYBCABKAkSDAoEYm9keRgFIAEoCSKIAQoMU2VuZFJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSEgoKbWVzc2FnZV9pZBgDIAEoCRIrCgdzZW50X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglkdXBsaWNhdGUYBSABKAgyjgMKDVJvdXRlclNlcnZpY2USRQoEU2VuZBIdLnBhcmxleS5yb3V0ZXIudjEuU2VuZFJlcXVlc3QaHi5wYXJsZXkucm91dGVyLnYxLlNlbmRSZXNwb25zZRJUCglTZW5kQmF0Y2gSIi5wYXJsZXkucm91dGVyLnYxLlNlbmRCYXRjaFJlcXVlc3QaIy5wYXJsZXkucm91dGVyLnYxLlNlbmRCYXRjaFJlc3BvbnNlEn4KF0FwcGx5Q29udmVyc2F0aW9uQ2hhbmdlEjAucGFybGV5LnJvdXRlci52MS5BcHBseUNvbnZlcnNhdGlvbkNoYW5nZVJlcXVlc3QaMS5wYXJsZXkucm91dGVyLnYxLkFwcGx5Q29udmVyc2F0aW9uQ2hhbmdlUmVzcG9uc2USYAoNU2VuZEVwaGVtZXJhbBImLnBhcmxleS5yb3V0ZXIudjEuU2VuZEVwaGVtZXJhbFJlcXVlc3QaJy5wYXJsZXkucm91dGVyLnYxLlNlbmRFcGhlbWVyYWxSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_common_v1_batch]);
+
+/**
+ * @generated from message parley.router.v1.EphemeralEvent
+ */
+export type EphemeralEvent = Message<"parley.router.v1.EphemeralEvent"> & {
+  /**
+   * @generated from field: string sender_id = 1;
+   */
+  senderId: string;
+
+  /**
+   * @generated from field: string sender_device_id = 2;
+   */
+  senderDeviceId: string;
+
+  /**
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+
+  /**
+   * An encoded parley.client.v1.ServerFrame (e.g. a TypingEvent) for the recipients.
+   *
+   * @generated from field: bytes server_frame = 4;
+   */
+  serverFrame: Uint8Array;
+};
+
+/**
+ * Describes the message parley.router.v1.EphemeralEvent.
+ * Use `create(EphemeralEventSchema)` to create a new message.
+ */
+export const EphemeralEventSchema: GenMessage<EphemeralEvent> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 0);
+
+/**
+ * @generated from message parley.router.v1.SendEphemeralRequest
+ */
+export type SendEphemeralRequest = Message<"parley.router.v1.SendEphemeralRequest"> & {
+  /**
+   * At most 1,024.
+   *
+   * @generated from field: repeated parley.router.v1.EphemeralEvent events = 1;
+   */
+  events: EphemeralEvent[];
+};
+
+/**
+ * Describes the message parley.router.v1.SendEphemeralRequest.
+ * Use `create(SendEphemeralRequestSchema)` to create a new message.
+ */
+export const SendEphemeralRequestSchema: GenMessage<SendEphemeralRequest> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 1);
+
+/**
+ * @generated from message parley.router.v1.SendEphemeralResponse
+ */
+export type SendEphemeralResponse = Message<"parley.router.v1.SendEphemeralResponse"> & {
+  /**
+   * Events dropped because the sender may not send in the conversation.
+   *
+   * @generated from field: uint32 refused = 1;
+   */
+  refused: number;
+};
+
+/**
+ * Describes the message parley.router.v1.SendEphemeralResponse.
+ * Use `create(SendEphemeralResponseSchema)` to create a new message.
+ */
+export const SendEphemeralResponseSchema: GenMessage<SendEphemeralResponse> = /*@__PURE__*/
+  messageDesc(file_parley_router_v1_router_service, 2);
 
 /**
  * @generated from message parley.router.v1.ApplyConversationChangeRequest
@@ -70,7 +142,7 @@ export type ApplyConversationChangeRequest = Message<"parley.router.v1.ApplyConv
  * Use `create(ApplyConversationChangeRequestSchema)` to create a new message.
  */
 export const ApplyConversationChangeRequestSchema: GenMessage<ApplyConversationChangeRequest> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 0);
+  messageDesc(file_parley_router_v1_router_service, 3);
 
 /**
  * @generated from message parley.router.v1.ApplyConversationChangeResponse
@@ -89,7 +161,7 @@ export type ApplyConversationChangeResponse = Message<"parley.router.v1.ApplyCon
  * Use `create(ApplyConversationChangeResponseSchema)` to create a new message.
  */
 export const ApplyConversationChangeResponseSchema: GenMessage<ApplyConversationChangeResponse> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 1);
+  messageDesc(file_parley_router_v1_router_service, 4);
 
 /**
  * @generated from message parley.router.v1.SendBatchRequest
@@ -106,7 +178,7 @@ export type SendBatchRequest = Message<"parley.router.v1.SendBatchRequest"> & {
  * Use `create(SendBatchRequestSchema)` to create a new message.
  */
 export const SendBatchRequestSchema: GenMessage<SendBatchRequest> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 2);
+  messageDesc(file_parley_router_v1_router_service, 5);
 
 /**
  * @generated from message parley.router.v1.SendBatchResponse
@@ -123,7 +195,7 @@ export type SendBatchResponse = Message<"parley.router.v1.SendBatchResponse"> & 
  * Use `create(SendBatchResponseSchema)` to create a new message.
  */
 export const SendBatchResponseSchema: GenMessage<SendBatchResponse> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 3);
+  messageDesc(file_parley_router_v1_router_service, 6);
 
 /**
  * @generated from message parley.router.v1.SendResult
@@ -152,7 +224,7 @@ export type SendResult = Message<"parley.router.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 4);
+  messageDesc(file_parley_router_v1_router_service, 7);
 
 /**
  * @generated from message parley.router.v1.SendRequest
@@ -189,7 +261,7 @@ export type SendRequest = Message<"parley.router.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 5);
+  messageDesc(file_parley_router_v1_router_service, 8);
 
 /**
  * @generated from message parley.router.v1.SendResponse
@@ -226,7 +298,7 @@ export type SendResponse = Message<"parley.router.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_parley_router_v1_router_service, 6);
+  messageDesc(file_parley_router_v1_router_service, 9);
 
 /**
  * Accepts messages from gateways, has them stored, then fans them out to the
@@ -271,6 +343,18 @@ export const RouterService: GenService<{
     methodKind: "unary";
     input: typeof ApplyConversationChangeRequestSchema;
     output: typeof ApplyConversationChangeResponseSchema;
+  },
+  /**
+   * Ephemeral events (typing): authorized like sends, fanned out like messages (to the
+   * other members' devices), never stored. Answers once authorized; items of
+   * non-members are dropped and counted. The gateway batches them like sends.
+   *
+   * @generated from rpc parley.router.v1.RouterService.SendEphemeral
+   */
+  sendEphemeral: {
+    methodKind: "unary";
+    input: typeof SendEphemeralRequestSchema;
+    output: typeof SendEphemeralResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_router_v1_router_service, 0);

@@ -8,12 +8,12 @@ export const MAX_REPORT_USERS = 50_000;
 export function reportConnections(ctx: PresenceContext) {
   return async (req: ReportConnectionsRequest) => {
     if (req.gatewayId.length === 0 || req.gatewayId.length > 128) throw invalid("gateway_id", "must have 1 to 128 characters");
-    if (req.onlineUserIds.length + req.offlineUserIds.length > MAX_REPORT_USERS) {
-      throw invalid("online_user_ids", `at most ${MAX_REPORT_USERS} users per report`);
+    if (req.online.length + req.offlineUserIds.length > MAX_REPORT_USERS) {
+      throw invalid("online", `at most ${MAX_REPORT_USERS} users per report`);
     }
-    for (const id of req.onlineUserIds) requireUuid("online_user_ids", id);
+    const online = req.online.map((u) => requireUuid("online.user_id", u.userId));
     for (const id of req.offlineUserIds) requireUuid("offline_user_ids", id);
-    await ctx.store.report(req.gatewayId, req.onlineUserIds, req.offlineUserIds, ctx.clock());
+    await ctx.store.report(req.gatewayId, online, req.offlineUserIds, ctx.clock());
     return {};
   };
 }
