@@ -114,7 +114,7 @@ export class GatewayCore {
     private readonly cfg: GatewayConfig,
     private readonly deps: GatewayDeps,
   ) {
-    this.presence = new GatewayPresence(cfg, deps.presence, { users: () => this.byUser, reply: (c, f) => this.reply(c, f) }, deps.logger);
+    this.presence = new GatewayPresence(cfg, deps, { users: () => this.byUser, reply: (c, f) => this.reply(c, f) });
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
     this.readCursors = new ReadCursorQueue(async (cursors) => {

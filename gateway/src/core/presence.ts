@@ -2,6 +2,7 @@ import type { Client } from "@connectrpc/connect";
 import { ErrorCode, type SetPresence, type SubscribePresence } from "../../../gen/parley/client/v1/frames_pb.js";
 import { PresenceState, type PresenceService } from "../../../gen/parley/presence/v1/presence_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
+import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import type { GatewayConfig } from "../config.js";
 import type { Connection } from "./connection.js";
 import { errorFrame, type serverFrame } from "./frames.js";
@@ -24,12 +25,23 @@ export class GatewayPresence {
   private wentOffline = new Set<string>();
   private readonly timer: NodeJS.Timeout | undefined;
 
+  private readonly presence: Client<typeof PresenceService> | undefined;
+  private readonly logger: Logger;
+
   constructor(
     private readonly cfg: GatewayConfig,
-    private readonly presence: Client<typeof PresenceService> | undefined,
+    deps: {
+      presence: Client<typeof PresenceService> | undefined;
+      /** The topic index keeps which gateways follow a user's presence (`presence:<userId>`). */
+      registry: ConnectionRegistry;
+      clock: () => number;
+      logger: Logger;
+    },
     private readonly host: PresenceHost,
-    private readonly logger: Logger,
   ) {
+    this.presence = deps.presence;
+    this.logger = deps.logger;
+    const presence = deps.presence;
     if (presence) {
       this.timer = setInterval(() => void this.report(), cfg.presenceIntervalMs);
       this.timer.unref();
