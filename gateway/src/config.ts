@@ -33,6 +33,20 @@ export interface GatewayConfig {
   registryTtlMs: number;
   /** How often the gateway refreshes all its registry entries (one call for all). */
   registryRefreshMs: number;
+  /** Resume: messages per GetRange call (1..1,000). */
+  resumePageSize: number;
+  /** Resume: GetRange calls in flight per resuming connection. */
+  resumeFetchAhead: number;
+  /**
+   * Resume: it writes while the socket buffers less than this (bytes), then waits for the
+   * socket to drain. Default: an eighth of maxBackpressureBytes.
+   */
+  resumeBufferBytes: number;
+  /**
+   * Resume: live frames held back per resuming connection (bytes); past it the resume
+   * ends with complete=false. Default: a quarter of maxBackpressureBytes.
+   */
+  resumeHoldBytes: number;
   /** Least time between two read-cursor updates of this gateway (own sends count as read). */
   readCursorIntervalMs: number;
   sessionUrl: string;
@@ -61,12 +75,16 @@ export function loadConfig(env: Env): GatewayConfig {
     framesPerSecond: int(env, "PARLEY_FRAMES_PER_SECOND", 100, 1, 1_000_000),
     frameBurst: int(env, "PARLEY_FRAME_BURST", 500, 1, 1_000_000),
     maxInFlightSends: int(env, "PARLEY_MAX_INFLIGHT_SENDS", 256, 1, 100_000),
-    presenceIntervalMs: int(env, "PARLEY_PRESENCE_REPORT_MS", 10_000, 100, 3_600_000),
+    presenceIntervalMs: int(env, "PARLEY_PRESENCE_REPORT_MS", 30_000, 100, 3_600_000),
     redisUrl: redisUrlFrom(env),
     redisPrefix: redisPrefixFrom(env),
     registryTtlMs: int(env, "PARLEY_REGISTRY_TTL_SECONDS", DEFAULT_REGISTRY_TTL_MS / 1000, 1, 86_400) * 1000,
     registryRefreshMs: int(env, "PARLEY_REGISTRY_REFRESH_MS", DEFAULT_REGISTRY_REFRESH_MS, 100, 86_400_000),
     readCursorIntervalMs: int(env, "PARLEY_READ_CURSOR_INTERVAL_MS", 500, 0, 60_000),
+    resumePageSize: int(env, "PARLEY_RESUME_PAGE_SIZE", 200, 1, 1000),
+    resumeFetchAhead: int(env, "PARLEY_RESUME_FETCH_AHEAD", 4, 1, 64),
+    resumeBufferBytes: 0,
+    resumeHoldBytes: 0,
     sessionUrl: env.PARLEY_SESSION_URL ?? "http://127.0.0.1:7101",
     routerUrl: env.PARLEY_ROUTER_URL ?? "http://127.0.0.1:7102",
     messagestoreUrl: env.PARLEY_MESSAGESTORE_URL ?? "http://127.0.0.1:7103",
@@ -74,10 +92,18 @@ export function loadConfig(env: Env): GatewayConfig {
     groupsUrl: env.PARLEY_GROUPS_URL ?? "http://127.0.0.1:7105",
     logLevel: env.PARLEY_LOG_LEVEL ?? "info",
   };
+  cfg.resumeBufferBytes = int(env, "PARLEY_RESUME_BUFFER_BYTES", Math.floor(cfg.maxBackpressureBytes / 8), 256, 1 << 30);
+  cfg.resumeHoldBytes = int(env, "PARLEY_RESUME_HOLD_BYTES", Math.floor(cfg.maxBackpressureBytes / 4), 256, 1 << 30);
+  // A resume's writes (up to two buffer bounds: one waiting, one batch) plus the held
+  // frames written at its end must fit below the slow-consumer limit.
+  if (2 * cfg.resumeBufferBytes + cfg.resumeHoldBytes > cfg.maxBackpressureBytes) {
+    throw new ConfigError("2 × PARLEY_RESUME_BUFFER_BYTES + PARLEY_RESUME_HOLD_BYTES must not exceed PARLEY_MAX_BACKPRESSURE_BYTES");
+  }
   if (cfg.hardMaxFrameBytes < cfg.maxFrameBytes) throw new Error("PARLEY_HARD_MAX_FRAME_BYTES must be at least PARLEY_MAX_FRAME_BYTES");
   if (cfg.registryRefreshMs >= cfg.registryTtlMs) {
     throw new ConfigError("PARLEY_REGISTRY_REFRESH_MS must be below PARLEY_REGISTRY_TTL_SECONDS (a third of it is a good choice)");
   }
+
   return cfg;
 }
 

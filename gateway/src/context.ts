@@ -8,7 +8,7 @@ import { DeliveryService } from "../../gen/parley/gateway/v1/delivery_service_pb
 import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { MessageStoreService } from "../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { PresenceService } from "../../gen/parley/presence/v1/presence_service_pb.js";
-import { RouterService, type SendRequestSchema, type SendResponse } from "../../gen/parley/router/v1/router_service_pb.js";
+import { RouterService, type EphemeralEventSchema, type SendRequestSchema, type SendResponse } from "../../gen/parley/router/v1/router_service_pb.js";
 import { ShardedBatcher } from "../../lib/batcher.js";
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger, type Logger } from "../../lib/logger.js";
@@ -20,7 +20,7 @@ import type { Discovery, Registrar, Registration } from "../../lib/discovery/dis
 import { peer } from "../../lib/process-discovery.js";
 import { startGrpcServer, type GrpcServer, type OwnedTransport, type Routes } from "../../lib/rpc.js";
 import type { GatewayConfig } from "./config.js";
-import { GatewayCore, type RouterSend } from "./core/gateway-core.js";
+import { GatewayCore, type RouterEphemeral, type RouterSend } from "./core/gateway-core.js";
 import { authService } from "./public-api/auth-service.js";
 import { chatService } from "./public-api/chat-service.js";
 import { contactsService } from "./public-api/contacts-service.js";
@@ -77,11 +77,14 @@ export class Gateway {
     const groups = createClient(GroupsService, t.groups);
     const registry = o.registry ?? (await openRegistry(cfg, logger));
     const ownRegistry = o.registry ? undefined : registry;
+    const messagestore = createClient(MessageStoreService, t.messagestore);
     const core = new GatewayCore(cfg, {
       session,
       send: batchedRouterSend(t.router),
+      sendEphemeral: batchedRouterEphemeral(t.router),
       presence: createClient(PresenceService, t.presence),
       groups,
+      messagestore,
       registry,
       clock: o.clock ?? Date.now,
       logger,
@@ -90,7 +93,7 @@ export class Gateway {
     const deps = {
       session,
       groups,
-      messagestore: createClient(MessageStoreService, t.messagestore),
+      messagestore,
       authenticate: (token: string) => core.authenticate(token),
       sessionRevoked: (sessionId: string) => void core.closeSession(sessionId),
       self: () => ({ gatewayId: cfg.id, publicUrl: `http://${cfg.host}:${publicServer.port}` }),
@@ -165,12 +168,33 @@ export function deliveryRoutes(core: GatewayCore): Routes {
           deliverCalls: BigInt(s.deliverCalls),
           envelopes: BigInt(s.envelopes),
           topicPublishes: BigInt(s.topicPublishes),
+          typingForwarded: BigInt(s.typingForwarded),
+          typingDropped: BigInt(s.typingDropped),
         };
       },
     });
 }
 
 export type { Client };
+
+/**
+ * Typing events to the router that owns each conversation, batched like sends: one
+ * SendEphemeral in flight per router instance. Fire and forget: refusals are counted there.
+ */
+export function batchedRouterEphemeral(router: Transport): RouterEphemeral {
+  const batcher = new ShardedBatcher<MessageInitShape<typeof EphemeralEventSchema>, void>(
+    router,
+    (e) => e.conversationId ?? "",
+    (t) => {
+      const client = createClient(RouterService, t);
+      return async (events) => {
+        await client.sendEphemeral({ events });
+        return events.map(() => ({ case: "ok" as const, value: undefined }));
+      };
+    },
+  );
+  return (event) => batcher.submit(event);
+}
 
 /**
  * Sends to the router that owns each conversation, batched: one SendBatch in flight per

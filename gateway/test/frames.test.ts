@@ -338,7 +338,7 @@ describe("gateway config", () => {
     assert.equal(cfg.frameBurst, 500);
     assert.equal(cfg.maxInFlightSends, 256);
     assert.equal(cfg.idleTimeoutSeconds, 60);
-    assert.equal(cfg.presenceIntervalMs, 10_000);
+    assert.equal(cfg.presenceIntervalMs, 30_000);
   });
 
   it("loadConfig: reads the environment (ports 0, origins list trimmed, limits)", () => {

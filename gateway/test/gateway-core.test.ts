@@ -22,6 +22,7 @@ import type { Connection, Principal, SocketPort, TopicBus } from "../src/core/co
 import { decodeClientFrame } from "../src/core/frames.js";
 import { GatewayCore } from "../src/core/gateway-core.js";
 import { CloseCode, type Encoding } from "../src/core/protocol.js";
+import { until, turns } from "../../lib/testing/wait.js";
 
 const GW = "gw-test";
 
@@ -33,15 +34,6 @@ function deferred<T = void>() {
     reject = rej;
   });
   return { promise, resolve, reject };
-}
-
-/** Lets queued immediates and promise callbacks run until `check` holds (a bounded number of turns; no sleeping). */
-async function until(what: string, check: () => boolean, turns = 200): Promise<void> {
-  for (let i = 0; i < turns; i++) {
-    if (check()) return;
-    await new Promise<void>((r) => setImmediate(r));
-  }
-  assert.fail(`never happened: ${what}`);
 }
 
 /** Fake gateway-wide topics, like uWS: a publish reaches every subscribed socket (except the publishing one). */
@@ -762,67 +754,7 @@ describe("GatewayCore: deliver()", () => {
   });
 });
 
-describe("GatewayCore: presence reports", () => {
-  let h: Harness;
-  beforeEach(() => {
-    mock.timers.enable({ apis: ["setInterval"] });
-    h = harness({ PARLEY_PRESENCE_REPORT_MS: "1000" });
-  });
-  afterEach(async () => {
-    await h.core.drain();
-    mock.timers.reset();
-  });
-
-  async function tick(): Promise<ReportConnectionsRequest> {
-    const before = h.presenceReports.length;
-    mock.timers.tick(1000);
-    await until("presence report", () => h.presenceReports.length === before + 1);
-    return h.presenceReports.at(-1)!;
-  }
-
-  it("one report per interval: online users, and users that went offline exactly once", async () => {
-    const a = await connected(h);
-    const b = await connected(h);
-    const b2 = await connected(h, principal(b.p.userId));
-    const c = await connected(h);
-    assert.equal(h.presenceReports.length, 0, "nothing before the interval");
-    let r = await tick();
-    assert.equal(r.gatewayId, GW);
-    assert.deepEqual([...r.online.map((u) => u.userId)].sort(), [a.p.userId, b.p.userId, c.p.userId].sort());
-    assert.deepEqual(r.offlineUserIds, []);
-
-    b.socket.close(1000, "bye"); // b still has b2
-    c.socket.close(1000, "bye");
-    r = await tick();
-    assert.deepEqual([...r.online.map((u) => u.userId)].sort(), [a.p.userId, b.p.userId].sort());
-    assert.deepEqual(r.offlineUserIds, [c.p.userId]);
-
-    r = await tick();
-    assert.deepEqual(r.offlineUserIds, [], "reported offline once");
-    assert.equal(h.presenceReports.length, 3);
-  });
-
-  it("a user who leaves and comes back within the interval is not reported offline", async () => {
-    const a = await connected(h);
-    a.socket.close(1000, "bye");
-    await connected(h, principal(a.p.userId));
-    const r = await tick();
-    assert.deepEqual(r.online.map((u) => u.userId), [a.p.userId]);
-    assert.deepEqual(r.offlineUserIds, []);
-  });
-
-  it("offline users of a failed report are reported with the next one", async () => {
-    const a = await connected(h);
-    a.socket.close(1000, "bye");
-    h.presenceFail.next = true;
-    mock.timers.tick(1000);
-    await until("failed report consumed", () => !h.presenceFail.next);
-    for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
-    assert.equal(h.presenceReports.length, 0);
-    const r = await tick();
-    assert.deepEqual(r.offlineUserIds, [a.p.userId]);
-  });
-});
+// Presence reports and frames: gateway/test/presence.test.ts.
 
 describe("GatewayCore: registry refresh", () => {
   let h: Harness;
@@ -949,7 +881,7 @@ if (redisUrl) {
 
       await server.stop();
       const b = connect(h);
-      await until("closed with 4013", () => b.socket.closes.length > 0, 100_000);
+      await until("closed with 4013", () => b.socket.closes.length > 0, 10_000);
       assert.deepEqual(b.socket.closes.map((c) => c.code), [CloseCode.TRY_AGAIN_LATER]);
       assert.equal(b.socket.writes.length, 0);
       await h.core.refreshRegistry(); // fails quietly
@@ -959,7 +891,7 @@ if (redisUrl) {
       let c = connect(h);
       const deadline = Date.now() + 10_000;
       for (;;) {
-        await until("hello or close", () => c.socket.writes.length > 0 || c.socket.closes.length > 0, 100_000);
+        await until("hello or close", () => c.socket.writes.length > 0 || c.socket.closes.length > 0, 10_000);
         if (c.socket.writes.length > 0) break;
         assert.ok(Date.now() < deadline, "Redis never came back for the gateway");
         await new Promise((r) => setTimeout(r, 50));
@@ -984,10 +916,6 @@ function groupFrame(body: string, conversationId = "g"): Uint8Array {
 /** Message bodies a socket received after its Hello. */
 function bodies(s: FakeSocket): (string | undefined)[] {
   return s.frames.slice(1).map((f) => (f.kind.case === "message" ? f.kind.value.body : f.kind.case));
-}
-
-async function turns(n = 10): Promise<void> {
-  for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r));
 }
 
 describe("GatewayCore: group topics", () => {

@@ -54,3 +54,15 @@ export class StaticDiscovery implements Discovery, Registrar {
     for (const l of this.listeners.get(kind) ?? []) l();
   }
 }
+
+/** Gateways known up front, from `PARLEY_GATEWAYS` (`id=url,id=url`), for static discovery. */
+export function parseGateways(spec: string | undefined): Instance[] {
+  if (!spec) return [];
+  return spec.split(",").map((part) => {
+    const eq = part.indexOf("=");
+    if (eq <= 0) throw new Error(`PARLEY_GATEWAYS: expected id=url, got "${part}"`);
+    const url = part.slice(eq + 1);
+    new URL(url); // throws on a malformed URL
+    return { kind: "gateway" as const, id: part.slice(0, eq), url };
+  });
+}

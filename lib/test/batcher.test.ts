@@ -2,6 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { BatchQueue, ShardedBatcher, itemError, settleEach, type ItemOutcome } from "../batcher.js";
+import { until } from "../../lib/testing/wait.js";
 
 interface Deferred<T> {
   promise: Promise<T>;
@@ -32,14 +33,6 @@ function gatedCall() {
     return items.map((i) => ok(i * 10));
   };
   return { call, batches, gates, maxInFlight: () => maxInFlight };
-}
-
-async function until(what: string, check: () => boolean, deadlineMs = 5000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setImmediate(r));
-  }
 }
 
 describe("BatchQueue", () => {

@@ -56,7 +56,17 @@ export async function startPlatform(env: Record<string, string | undefined>, log
       logger: child("messagestore"),
     });
     closers.unshift(() => storeCtx.close());
-    const presenceCtx = await presence.PresenceContext.fromConfig(presence.loadConfig(env), { logger: child("presence") });
+    const registry = new MemoryConnectionRegistry();
+    const discovery = new StaticDiscovery();
+    let gateway: Gateway | undefined;
+    const presenceCtx = await presence.PresenceContext.fromConfig(presence.loadConfig(env), {
+      registry,
+      discovery,
+      // Presence changes go to the gateway of this process: in-process, same contract.
+      dialGateway: () => inProcess(deliveryRoutes(gateway!.core)),
+      logger: child("presence"),
+    });
+    closers.unshift(() => presenceCtx.close());
     const notifyCtx = await notify.NotifyContext.fromConfig(notify.loadConfig(env), { logger: child("notify") });
     const routes = {
       session: session.sessionRoutes(sessionCtx),
@@ -65,10 +75,7 @@ export async function startPlatform(env: Record<string, string | undefined>, log
       presence: presence.presenceRoutes(presenceCtx),
       notify: notify.notifyRoutes(notifyCtx),
     };
-    const registry = new MemoryConnectionRegistry();
     const gwCfg = gatewayConfig(env);
-    const discovery = new StaticDiscovery();
-    let gateway: Gateway | undefined;
     const routerCtx = await router.RouterContext.fromConfig(router.loadConfig(env), {
       groups: inProcess(routes.groups),
       messagestore: inProcess(routes.messagestore),

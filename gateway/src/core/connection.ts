@@ -1,6 +1,7 @@
 import type { ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
 import { encodeServerFrame } from "./frames.js";
 import type { Encoding } from "./protocol.js";
+import type { ResumeRequest, ResumeState } from "./resume.js";
 
 /** What the core needs of a socket. Only gateway/src/uws/ implements it. */
 export interface SocketPort {
@@ -18,6 +19,12 @@ export interface SocketPort {
    * limit is closed by the transport, not by the core (there is no per-socket answer).
    */
   publish(topic: string, data: Uint8Array | string, binary: boolean): void;
+  /**
+   * Bytes waiting in the socket's send buffer. Transports that buffer implement it and
+   * call GatewayCore.drained(conn) when the buffer shrinks (uWS: `drain`): a resume
+   * writes only while this is below its bound. Absent: treated as 0.
+   */
+  bufferedAmount?(): number;
 }
 
 /** Gateway-wide topics (uWS: `app.publish`, `app.numSubscribers`). */
@@ -60,6 +67,15 @@ export class Connection {
    * group list arrived. Socket-level subscriptions exist only once `ready` (after Hello).
    */
   topics: Set<string> | undefined;
+  /**
+   * While a Resume runs: its state, holding live frames back (core/resume.ts). The
+   * connection's topics are then not subscribed at the socket (their frames are held).
+   */
+  resume: ResumeState | undefined;
+  /** A Resume received before Hello: it starts with Hello. */
+  queuedResume: { ref: number; req: ResumeRequest } | undefined;
+  /** A resume waiting for the send buffer to drain; called by GatewayCore.drained and on close. */
+  drainWaiter: (() => void) | undefined;
 
   constructor(
     readonly principal: Principal,

@@ -1,10 +1,11 @@
-import { fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { ErrorCode, ServerFrameSchema, type ClientFrame, type SendMessage } from "../../../gen/parley/client/v1/frames_pb.js";
+import { ErrorCode, ServerFrameSchema, type ClientFrame, type SendMessage, type Typing } from "../../../gen/parley/client/v1/frames_pb.js";
 import type { DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
+import type { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import type { PresenceService } from "../../../gen/parley/presence/v1/presence_service_pb.js";
-import type { SendRequestSchema, SendResponse } from "../../../gen/parley/router/v1/router_service_pb.js";
+import type { EphemeralEventSchema, SendRequestSchema, SendResponse } from "../../../gen/parley/router/v1/router_service_pb.js";
 import type { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry, DeviceEntry } from "../../../lib/registry/connection-registry.js";
@@ -15,11 +16,16 @@ import { encodeServerFrame, errorCodeOf, errorFrame, pongFrame, serverFrame, typ
 import { CloseCode, type Encoding } from "./protocol.js";
 import { GatewayPresence } from "./presence.js";
 import { ReadCursorQueue } from "./read-cursors.js";
+import { TYPING_EXPIRES_MS, TypingGate } from "./typing.js";
+import { frameBytes, parseResume, Resumer, ResumeState, type ResumeRequest } from "./resume.js";
 
 export const MAX_BODY_CHARS = 4000;
 
 /** A send handed to the router (lib/batcher.ts batches them per router instance). */
 export type RouterSend = (req: MessageInitShape<typeof SendRequestSchema>) => Promise<SendResponse>;
+
+/** An ephemeral event (typing) handed to the router, batched like sends; fire and forget. */
+export type RouterEphemeral = (event: MessageInitShape<typeof EphemeralEventSchema>) => Promise<void>;
 
 export interface GatewayDeps {
   session: Client<typeof SessionService>;
@@ -29,12 +35,16 @@ export interface GatewayDeps {
    * their order without the gateway waiting for each ack.
    */
   send: RouterSend;
+  /** Typing events to the router (optional: without it typing frames are refused as UNAVAILABLE). */
+  sendEphemeral?: RouterEphemeral;
   presence: Client<typeof PresenceService> | undefined;
   /**
    * The groups service: the group conversations of connecting users (one
    * ListUserGroupIds per flush) and the read cursors of senders (coalesced).
    */
-  groups: Pick<Client<typeof GroupsService>, "listUserGroupIds" | "advanceReadCursors">;
+  groups: Pick<Client<typeof GroupsService>, "listUserGroupIds" | "advanceReadCursors" | "listUserConversations">;
+  /** Heads and ranges for Resume frames; without it a Resume is answered UNAVAILABLE. */
+  messagestore?: Pick<Client<typeof MessageStoreService>, "getHeads" | "getRange">;
   registry: ConnectionRegistry;
   clock: () => number;
   logger: Logger;
@@ -47,7 +57,10 @@ interface TopicState {
   /** Ready (Hello sent) connections, subscribed at the socket to the binary / JSON topic. */
   binary: Set<Connection>;
   json: Set<Connection>;
-  /** Subscribed connections still waiting for Hello: their topic frames wait in `early`. */
+  /**
+   * Subscribed connections not subscribed at the socket: waiting for Hello (their topic
+   * frames wait in `early`) or resuming (their topic frames are held, see `live`).
+   */
   waiting: Set<Connection>;
 }
 
@@ -71,6 +84,9 @@ export interface GatewayStats {
   deliverCalls: number;
   envelopes: number;
   topicPublishes: number;
+  /** Typing events forwarded to the router, and dropped by the per-user rate limit. */
+  typingForwarded: number;
+  typingDropped: number;
 }
 
 /**
@@ -108,20 +124,40 @@ export class GatewayCore {
   /** One timer per gateway (never one per connection) refreshing every registry entry of this gateway. */
   private readonly refreshTimer: NodeJS.Timeout;
   private draining = false;
-  readonly stats: GatewayStats = { connections: 0, framesIn: 0, framesOut: 0, deliverCalls: 0, envelopes: 0, topicPublishes: 0 };
+  /** Runs Resume frames (undefined without a message store). */
+  private readonly resumer: Resumer | undefined;
+  readonly stats: GatewayStats = {
+    connections: 0,
+    framesIn: 0,
+    framesOut: 0,
+    deliverCalls: 0,
+    envelopes: 0,
+    topicPublishes: 0,
+    typingForwarded: 0,
+    typingDropped: 0,
+  };
+  /** One typing event per user and conversation per 3 s (core/typing.ts). */
+  private readonly typingGate: TypingGate;
 
   constructor(
     private readonly cfg: GatewayConfig,
     private readonly deps: GatewayDeps,
   ) {
-    this.presence = new GatewayPresence(cfg, deps, { users: () => this.byUser, reply: (c, f) => this.reply(c, f) });
+    this.presence = new GatewayPresence(cfg, deps, { reply: (c, f) => this.reply(c, f) });
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
+    this.typingGate = new TypingGate(deps.clock);
     this.readCursors = new ReadCursorQueue(async (cursors) => {
       await deps.groups.advanceReadCursors({
         cursors: cursors.map((c) => ({ userId: c.userId, conversationId: c.conversationId, seq: BigInt(c.seq) })),
       });
     }, deps.logger, cfg.readCursorIntervalMs);
+    this.resumer =
+      deps.messagestore &&
+      new Resumer(
+        { groups: deps.groups, messagestore: deps.messagestore, logger: deps.logger },
+        { pageSize: cfg.resumePageSize, fetchAhead: cfg.resumeFetchAhead, bufferBytes: cfg.resumeBufferBytes },
+      );
   }
 
   /** The transport's gateway-wide topics (set once by the transport, before connections open). */
@@ -171,6 +207,11 @@ export class GatewayCore {
     if (conn.closed) return;
     conn.closed = true;
     conn.socket = undefined;
+    if (conn.resume) {
+      conn.resume.done = true;
+      conn.resume = undefined;
+    }
+    this.drained(conn);
     this.stats.connections--;
     this.deps.onConnections?.(this.stats.connections);
     const { userId, deviceId } = conn.principal;
@@ -217,9 +258,51 @@ export class GatewayCore {
       case "subscribePresence":
         this.presence.onSubscribe(conn, frame.ref, frame.kind.value);
         return;
+      case "resume":
+        this.onResume(conn, frame.ref, frame.kind.value);
+        return;
+      case "typing":
+        this.typing(conn, frame.ref, frame.kind.value);
+        return;
       default:
         this.reply(conn, errorFrame(ErrorCode.UNKNOWN_FRAME, "frame has no kind this server knows", frame.ref));
     }
+  }
+
+  /**
+   * A typing event: validated, rate limited per user and conversation (a flood is
+   * dropped and counted, no error), then handed to the router, which checks membership
+   * and fans it out without storing it. Non-members' events are dropped there.
+   */
+  private typing(conn: Connection, ref: number, t: Typing): void {
+    try {
+      requireUuid("conversation_id", t.conversationId);
+    } catch (err) {
+      this.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, ConnectError.from(err).rawMessage, ref));
+      return;
+    }
+    const { userId, deviceId } = conn.principal;
+    if (!this.deps.sendEphemeral) {
+      this.reply(conn, errorFrame(ErrorCode.UNAVAILABLE, "typing indicators are not available", ref));
+      return;
+    }
+    if (!this.typingGate.allow(userId, t.conversationId, t.stopped)) {
+      this.stats.typingDropped++;
+      return;
+    }
+    this.stats.typingForwarded++;
+    const frame = toBinary(
+      ServerFrameSchema,
+      serverFrame({
+        kind: {
+          case: "typing",
+          value: { conversationId: t.conversationId, userId, deviceId, stopped: t.stopped, expiresInMs: TYPING_EXPIRES_MS },
+        },
+      }),
+    );
+    this.deps
+      .sendEphemeral({ senderId: userId, senderDeviceId: deviceId, conversationId: t.conversationId, serverFrame: frame })
+      .catch((err: unknown) => this.deps.logger.debug({ err }, "typing event not forwarded"));
   }
 
   private async send(conn: Connection, ref: number, s: SendMessage): Promise<void> {
@@ -317,6 +400,11 @@ export class GatewayCore {
           for (const conn of conns) {
             if (conn.principal.deviceId === env.excludeDeviceId || conn.closed) continue;
             const data = conn.encoding === "json" ? jsonOf() : env.serverFrame;
+            if (conn.resume) {
+              this.hold(conn, data, env.conversationId, env.seq);
+              delivered++;
+              continue;
+            }
             const list = perConn.get(conn);
             if (list) list.push(data);
             else perConn.set(conn, [data]);
@@ -325,7 +413,7 @@ export class GatewayCore {
         if (env.topicConversationId !== "") {
           delivered += this.writeDirect(perConn);
           this.stats.topicPublishes++;
-          const n = this.publish(env.topicConversationId, env.serverFrame, jsonOf, env.excludeDeviceId);
+          const n = this.publish(env.topicConversationId, env.serverFrame, jsonOf, env.excludeDeviceId, env.conversationId, env.seq);
           if (n === undefined) absentTopics.add(env.topicConversationId);
           else delivered += n;
         }
@@ -366,7 +454,14 @@ export class GatewayCore {
    * when JSON connections subscribe. Returns the number of recipients, undefined when
    * the conversation has no subscriber here.
    */
-  private publish(conversationId: string, frame: Uint8Array, jsonOf: () => string, excludeDeviceId: string): number | undefined {
+  private publish(
+    conversationId: string,
+    frame: Uint8Array,
+    jsonOf: () => string,
+    excludeDeviceId: string,
+    messageConversationId = "",
+    seq = 0n,
+  ): number | undefined {
     const st = this.topics.get(conversationId);
     if (!st) return undefined;
     const sender = excludeDeviceId === "" ? undefined : this.byDevice.get(excludeDeviceId);
@@ -385,7 +480,9 @@ export class GatewayCore {
     }
     for (const conn of st.waiting) {
       if (conn.principal.deviceId === excludeDeviceId) continue;
-      conn.writeEncoded(conn.encoding === "json" ? jsonOf() : frame);
+      const data = conn.encoding === "json" ? jsonOf() : frame;
+      if (conn.resume) this.hold(conn, data, messageConversationId, seq);
+      else conn.writeEncoded(data);
       n++;
     }
     return n;
@@ -428,7 +525,7 @@ export class GatewayCore {
       this.pendingTopicAdd.add(conversationId);
       this.scheduleFlush();
     }
-    if (!conn.ready) {
+    if (!conn.ready || conn.resume) {
       st.waiting.add(conn);
       return;
     }
@@ -580,8 +677,9 @@ export class GatewayCore {
         this.deps.logger.warn({ err, entries: entries.length }, "registry refresh failed");
       }
     }
-    // Every conversation with a subscriber here, in one call (re-creates lost entries too).
-    const topics = [...this.topics.keys()];
+    // Every conversation with a subscriber here and every user whose presence is followed
+    // here, in one call (re-creates lost entries too).
+    const topics = [...this.topics.keys(), ...this.presence.followedTopics()];
     if (topics.length > 0) {
       try {
         await this.deps.registry.addTopics(this.cfg.id, topics);
@@ -615,13 +713,112 @@ export class GatewayCore {
     });
     if (!ok) this.slow(conn);
     if (conn.closed) return;
+    const queued = conn.queuedResume;
+    if (queued) {
+      // A Resume sent before Hello starts now: the topics stay off the socket, their frames are held.
+      conn.queuedResume = undefined;
+      this.startResume(conn, queued.ref, queued.req);
+      return;
+    }
     // Topic frames so far waited in `early` (written above); from now on they come from the topics.
+    this.subscribeAtSocket(conn);
+  }
+
+  /** Moves a ready connection's topics from `waiting` to socket-level subscriptions. */
+  private subscribeAtSocket(conn: Connection): void {
     for (const conversationId of conn.topics ?? []) {
       const st = this.topics.get(conversationId)!;
       st.waiting.delete(conn);
       (conn.encoding === "binary" ? st.binary : st.json).add(conn);
       conn.socket!.subscribe(topicOf(conn.encoding, conversationId));
     }
+  }
+
+  /** The transport's send buffer of `conn` shrank (uWS `drain`): a resume waiting for room goes on. */
+  drained(conn: Connection): void {
+    const w = conn.drainWaiter;
+    conn.drainWaiter = undefined;
+    w?.();
+  }
+
+  /**
+   * A Resume frame. One at a time per connection (a second one while it runs is
+   * LIMIT_EXCEEDED); a malformed cursor is INVALID_ARGUMENT; before Hello it waits for it.
+   */
+  private onResume(conn: Connection, ref: number, frame: Parameters<typeof parseResume>[0]): void {
+    if (conn.resume || conn.queuedResume) {
+      this.reply(conn, errorFrame(ErrorCode.LIMIT_EXCEEDED, "a resume is already running on this connection", ref));
+      return;
+    }
+    let req: ResumeRequest;
+    try {
+      req = parseResume(frame);
+    } catch (err) {
+      this.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, ConnectError.from(err).rawMessage, ref));
+      return;
+    }
+    if (!this.resumer) {
+      this.reply(conn, errorFrame(ErrorCode.UNAVAILABLE, "resume is not available on this gateway", ref));
+      return;
+    }
+    if (!conn.ready) {
+      conn.queuedResume = { ref, req };
+      return;
+    }
+    this.startResume(conn, ref, req);
+  }
+
+  /**
+   * Starts holding the connection's live frames (its topics leave the socket: their
+   * frames come through `publish` into the hold), then runs the resume.
+   */
+  private startResume(conn: Connection, ref: number, req: ResumeRequest): void {
+    const state = new ResumeState(ref);
+    conn.resume = state;
+    for (const conversationId of conn.topics ?? []) {
+      const st = this.topics.get(conversationId)!;
+      if ((conn.encoding === "binary" ? st.binary : st.json).delete(conn)) {
+        conn.socket!.unsubscribe(topicOf(conn.encoding, conversationId));
+      }
+      st.waiting.add(conn);
+    }
+    void this.resumer!.run(conn, state, req, (c) => this.slow(c)).then((complete) => this.finishResume(conn, state, complete));
+  }
+
+  /** A live frame for a resuming connection: held; past the bound the resume gives up (complete=false). */
+  private hold(conn: Connection, data: Uint8Array | string, conversationId: string, seq: bigint): void {
+    const state = conn.resume!;
+    state.held.push({ data, conversationId, seq: Number(seq) });
+    state.heldBytes += frameBytes(data);
+    if (state.heldBytes > this.cfg.resumeHoldBytes) {
+      this.deps.logger.info({ userId: conn.principal.userId, held: state.held.length }, "resume hold overflow: finishing incomplete");
+      this.finishResume(conn, state, false);
+    }
+  }
+
+  /**
+   * Ends a resume, synchronously: resume_done, then the held frames minus those the
+   * resume sent, then the topics subscribe at the socket (no topic frame can fall
+   * between the hold and the subscription, none comes twice).
+   */
+  private finishResume(conn: Connection, state: ResumeState, complete: boolean): void {
+    if (state.done) return;
+    state.done = true;
+    if (conn.resume !== state || conn.closed) return;
+    conn.resume = undefined;
+    const done = serverFrame({
+      ref: state.ref,
+      kind: { case: "resumeDone", value: { complete, messages: state.messages, conversations: state.sent.size } },
+    });
+    let ok = true;
+    conn.socket!.cork(() => {
+      ok = conn.write(done);
+      for (const f of state.held) if (!state.alreadySent(f)) ok = conn.writeEncoded(f.data) && ok;
+    });
+    // Held frames were counted when delivered.
+    this.stats.framesOut += 1 + state.messages;
+    this.subscribeAtSocket(conn);
+    if (!ok) this.slow(conn);
   }
 
   /** Closes the connections of a revoked session (log out) with 4001. */

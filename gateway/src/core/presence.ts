@@ -1,31 +1,120 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { ErrorCode, type SetPresence, type SubscribePresence } from "../../../gen/parley/client/v1/frames_pb.js";
+import {
+  ErrorCode,
+  PresenceState as FrameState,
+  ServerFrameSchema,
+  type SetPresence,
+  type SubscribePresence,
+} from "../../../gen/parley/client/v1/frames_pb.js";
 import { PresenceState, type PresenceService } from "../../../gen/parley/presence/v1/presence_service_pb.js";
+import { isUuid } from "../../../lib/ids.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import type { GatewayConfig } from "../config.js";
 import type { Connection } from "./connection.js";
-import { errorFrame, type serverFrame } from "./frames.js";
+import { encodeServerFrame, errorFrame, serverFrame } from "./frames.js";
+import { CloseCode } from "./protocol.js";
+
+/** At most this many users followed by one connection. */
+export const MAX_PRESENCE_FOLLOWS = 500;
+/** GetPresence takes at most this many users per call. */
+const GET_PRESENCE_CHUNK = 1000;
+
+/** The registry topic of a user's followers (the presence service looks it up). */
+export function presenceTopic(userId: string): string {
+  return `presence:${userId}`;
+}
 
 /** What the presence part of a gateway needs from the rest of it. */
 export interface PresenceHost {
-  /** The users with a connection here, and their connections. */
-  users(): Iterable<[string, readonly Connection[]]>;
   /** Writes a frame to a connection (closing it if it is a slow consumer). */
   reply(conn: Connection, frame: ReturnType<typeof serverFrame>): void;
 }
 
+type LiveState = "online" | "away";
+
+/** Per connection: its own state and the users it follows. */
+interface ConnPresence {
+  state: LiveState;
+  follows: Set<string>;
+}
+
+/** A subscription's request for the current state of the users it added. */
+interface SnapshotRequest {
+  conn: Connection;
+  ref: number;
+  userIds: string[];
+}
+
+export interface GatewayPresenceStats {
+  /** ReportConnections calls: full (heartbeat) and deltas. */
+  fullReports: number;
+  deltaReports: number;
+  getPresenceCalls: number;
+  /** Presence frames written to followers (deliveries and snapshots). */
+  framesOut: number;
+}
+
+const RPC_STATE: Record<LiveState, PresenceState> = { online: PresenceState.ONLINE, away: PresenceState.AWAY };
+
+function frameStateOf(s: PresenceState): FrameState {
+  switch (s) {
+    case PresenceState.ONLINE:
+      return FrameState.ONLINE;
+    case PresenceState.AWAY:
+      return FrameState.AWAY;
+    default:
+      return FrameState.OFFLINE;
+  }
+}
+
 /**
- * The gateway's side of presence: reports the users connected here to the presence
- * service (one report per interval for all of them, never one per connection), and
- * serves the presence frames of the protocol.
+ * The gateway's side of presence.
+ *
+ * Reports: the state of each user here is the most active state of their connections
+ * here (ONLINE > AWAY). A full report of every user goes to the presence service once
+ * per interval (`PARLEY_PRESENCE_REPORT_MS`); changes (a user's first connection, their
+ * last one closing, a SetPresence that changes the user's state here) go as a delta
+ * right after, coalesced: one call per flush for every change since the last one, never
+ * one per connection.
+ *
+ * Subscriptions: a connection follows at most 500 users. The first local follower of a
+ * user registers this gateway in the registry's topic index under `presence:<userId>`
+ * (batched per flush), the last one gone removes it, and every heartbeat re-adds all of
+ * them (entries expire like the other registry entries). The presence service delivers
+ * a change with one envelope per gateway (`watchers_of_user_id`); it is written here to
+ * every local follower. Newly added users' current states are fetched with one
+ * GetPresence per flush, after the topic registration (so no change falls in between);
+ * a delivery that arrives while that call is in flight wins over its answer.
+ *
+ * All per-connection state lives here (a WeakMap), not in Connection.
  */
 export class GatewayPresence {
-  /** Users whose last connection here closed since the last report. */
-  private wentOffline = new Set<string>();
-  private readonly timer: NodeJS.Timeout | undefined;
+  readonly stats: GatewayPresenceStats = { fullReports: 0, deltaReports: 0, getPresenceCalls: 0, framesOut: 0 };
+  private readonly perConn = new WeakMap<Connection, ConnPresence>();
+  /** userId → that user's open connections here. */
+  private readonly local = new Map<string, Set<Connection>>();
+  /** followed userId → the local connections following them. */
+  private readonly followers = new Map<string, Set<Connection>>();
+  /** The state the presence service holds for users of this gateway (as last reported successfully). */
+  private readonly reported = new Map<string, LiveState>();
+  /** Users whose state here may have changed since the last report. */
+  private dirty = new Set<string>();
+  private readonly topicAdd = new Set<string>();
+  private readonly topicRemove = new Set<string>();
+  private snapshots: SnapshotRequest[] = [];
+  /** While a GetPresence is in flight: its users, and whether a delivery for them arrived meanwhile. */
+  private snapshotInFlight: Map<string, boolean> | undefined;
+  private flushScheduled = false;
+  private stopped = false;
+  /** Flushes and heartbeats, one at a time. */
+  private chain: Promise<void> = Promise.resolve();
+  private readonly timer: NodeJS.Timeout;
 
   private readonly presence: Client<typeof PresenceService> | undefined;
+  private readonly registry: ConnectionRegistry;
   private readonly logger: Logger;
 
   constructor(
@@ -40,62 +129,333 @@ export class GatewayPresence {
     private readonly host: PresenceHost,
   ) {
     this.presence = deps.presence;
+    this.registry = deps.registry;
     this.logger = deps.logger;
-    const presence = deps.presence;
-    if (presence) {
-      this.timer = setInterval(() => void this.report(), cfg.presenceIntervalMs);
-      this.timer.unref();
-    }
+    this.timer = setInterval(() => void this.enqueue(() => this.heartbeat()), cfg.presenceIntervalMs);
+    this.timer.unref();
   }
 
   /** A connection is registered (its user may have been offline here). */
   connected(conn: Connection): void {
-    this.wentOffline.delete(conn.principal.userId);
+    this.perConn.set(conn, { state: "online", follows: new Set() });
+    const userId = conn.principal.userId;
+    let set = this.local.get(userId);
+    if (!set) this.local.set(userId, (set = new Set()));
+    set.add(conn);
+    this.changed(userId);
   }
 
   /** A connection closed; `lastOfUser` when its user has no other connection here. */
-  disconnected(conn: Connection, lastOfUser: boolean): void {
-    if (lastOfUser) this.wentOffline.add(conn.principal.userId);
+  disconnected(conn: Connection, _lastOfUser: boolean): void {
+    const p = this.perConn.get(conn);
+    if (!p) return;
+    this.perConn.delete(conn);
+    for (const userId of p.follows) this.unfollow(conn, userId);
+    const userId = conn.principal.userId;
+    const set = this.local.get(userId);
+    set?.delete(conn);
+    if (set?.size === 0) this.local.delete(userId);
+    this.changed(userId);
   }
 
-  onSetPresence(conn: Connection, ref: number, _frame: SetPresence): void {
-    this.host.reply(conn, errorFrame(ErrorCode.UNKNOWN_FRAME, "presence states are not served yet", ref));
+  /** SetPresence: this connection's own state, ONLINE or AWAY. No answer unless it is invalid. */
+  onSetPresence(conn: Connection, ref: number, frame: SetPresence): void {
+    const p = this.perConn.get(conn);
+    if (!p) return;
+    if (frame.state !== FrameState.ONLINE && frame.state !== FrameState.AWAY) {
+      this.host.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, "state: must be ONLINE or AWAY", ref));
+      return;
+    }
+    const state: LiveState = frame.state === FrameState.AWAY ? "away" : "online";
+    if (p.state === state) return;
+    p.state = state;
+    this.changed(conn.principal.userId);
   }
 
-  onSubscribe(conn: Connection, ref: number, _frame: SubscribePresence): void {
-    this.host.reply(conn, errorFrame(ErrorCode.UNKNOWN_FRAME, "presence subscriptions are not served yet", ref));
+  /**
+   * SubscribePresence: removes, then adds. Invalid ids → INVALID_ARGUMENT, more than 500
+   * followed users → LIMIT_EXCEEDED; either way nothing changes. The added users' current
+   * states follow as presence frames carrying the subscription's `ref`.
+   */
+  onSubscribe(conn: Connection, ref: number, frame: SubscribePresence): void {
+    const p = this.perConn.get(conn);
+    if (!p) return;
+    for (const [field, ids] of [
+      ["add_user_ids", frame.addUserIds],
+      ["remove_user_ids", frame.removeUserIds],
+    ] as const) {
+      if (ids.length > MAX_PRESENCE_FOLLOWS) {
+        this.host.reply(conn, errorFrame(ErrorCode.LIMIT_EXCEEDED, `${field}: at most ${MAX_PRESENCE_FOLLOWS} users`, ref));
+        return;
+      }
+      const bad = ids.find((id) => !isUuid(id));
+      if (bad !== undefined) {
+        this.host.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, `${field}: not a user id: "${bad.slice(0, 64)}"`, ref));
+        return;
+      }
+    }
+    const removes = new Set(frame.removeUserIds);
+    const adds = new Set(frame.addUserIds);
+    let size = p.follows.size;
+    for (const u of removes) if (p.follows.has(u) && !adds.has(u)) size--;
+    for (const u of adds) if (!p.follows.has(u)) size++;
+    if (size > MAX_PRESENCE_FOLLOWS) {
+      this.host.reply(
+        conn,
+        errorFrame(ErrorCode.LIMIT_EXCEEDED, `a connection follows at most ${MAX_PRESENCE_FOLLOWS} users (this would make ${size})`, ref),
+      );
+      return;
+    }
+    for (const u of removes) if (!adds.has(u) && p.follows.delete(u)) this.unfollow(conn, u);
+    for (const u of adds) {
+      if (p.follows.has(u)) continue;
+      p.follows.add(u);
+      let set = this.followers.get(u);
+      if (!set) {
+        this.followers.set(u, (set = new Set()));
+        this.topicRemove.delete(presenceTopic(u));
+        this.topicAdd.add(presenceTopic(u));
+      }
+      set.add(conn);
+    }
+    if (adds.size > 0) this.snapshots.push({ conn, ref, userIds: [...adds] });
+    this.scheduleFlush();
   }
 
   /**
    * DeliveryService.Deliver, an envelope for the followers of `userId`: writes the
    * pre-encoded frame to the connections here that follow that user. Returns how many.
    */
-  deliverToWatchers(_userId: string, _frame: Uint8Array): number {
-    return 0;
+  deliverToWatchers(userId: string, frame: Uint8Array): number {
+    const set = this.followers.get(userId);
+    if (this.snapshotInFlight?.has(userId)) this.snapshotInFlight.set(userId, true);
+    if (!set) return 0;
+    let json: string | undefined;
+    let n = 0;
+    for (const conn of set) {
+      if (conn.closed) continue;
+      const data = conn.encoding === "json" ? (json ??= encodeServerFrame(fromBinary(ServerFrameSchema, frame), "json") as string) : frame;
+      this.write(conn, data);
+      n++;
+    }
+    this.stats.framesOut += n;
+    return n;
   }
 
-  /** Shutdown: a last report (the users here go offline). */
+  /** Shutdown: the pending registry changes and a last report (the users still here, those gone offline). */
   async stop(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
-    await this.report();
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.enqueue(async () => {
+      await this.flushTopics();
+      await this.fullReport();
+    });
   }
 
-  /** One report per interval for all users of this gateway. */
-  private async report(): Promise<void> {
+  /** Writes one encoded frame (corked when the socket is open); closes a slow consumer. */
+  private write(conn: Connection, data: Uint8Array | string): void {
+    let ok = true;
+    if (conn.ready && conn.socket) conn.socket.cork(() => (ok = conn.writeEncoded(data)));
+    else ok = conn.writeEncoded(data);
+    if (!ok) {
+      this.logger.warn({ userId: conn.principal.userId }, "closing slow consumer");
+      conn.socket?.close(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resync");
+    }
+  }
+
+  private unfollow(conn: Connection, userId: string): void {
+    const set = this.followers.get(userId);
+    if (!set?.delete(conn) || set.size > 0) return;
+    this.followers.delete(userId);
+    this.topicAdd.delete(presenceTopic(userId));
+    this.topicRemove.add(presenceTopic(userId));
+    this.scheduleFlush();
+  }
+
+  /** The state of a user here: the most active of their connections; undefined when none. */
+  private stateHere(userId: string): LiveState | undefined {
+    const set = this.local.get(userId);
+    if (!set) return undefined;
+    let state: LiveState | undefined;
+    for (const c of set) {
+      const s = this.perConn.get(c)?.state;
+      if (s === "online") return "online";
+      if (s) state = s;
+    }
+    return state;
+  }
+
+  private changed(userId: string): void {
+    this.dirty.add(userId);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.stopped) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      if (!this.stopped) void this.enqueue(() => this.flush());
+    });
+  }
+
+  private enqueue(fn: () => Promise<void>): Promise<void> {
+    const run = this.chain.then(fn).catch((err: unknown) => this.logger.warn({ err }, "presence flush failed"));
+    this.chain = run;
+    return run;
+  }
+
+  /** Everything since the last flush: registry topics then snapshots, and the delta report, side by side. */
+  private async flush(): Promise<void> {
+    await Promise.all([
+      (async () => {
+        await this.flushTopics();
+        await this.sendSnapshots();
+      })(),
+      this.deltaReport(),
+    ]);
+  }
+
+  private async flushTopics(): Promise<void> {
+    const gw = this.cfg.id;
+    const removes = [...this.topicRemove];
+    const adds = [...this.topicAdd];
+    this.topicRemove.clear();
+    this.topicAdd.clear();
+    if (removes.length > 0) {
+      try {
+        await this.registry.removeTopics(gw, removes);
+      } catch (err) {
+        // They expire by themselves (nobody refreshes them).
+        this.logger.warn({ err, topics: removes.length }, "registry removeTopics (presence) failed");
+      }
+    }
+    if (adds.length > 0) {
+      try {
+        await this.registry.addTopics(gw, adds);
+      } catch (err) {
+        // Retried by the next heartbeat (it re-adds every followed user).
+        this.logger.warn({ err, topics: adds.length }, "registry addTopics (presence) failed");
+      }
+    }
+  }
+
+  /** One GetPresence (per 1,000 users) for every user added since the last flush; answers carry the subscription's ref. */
+  private async sendSnapshots(): Promise<void> {
+    const requests = this.snapshots;
+    this.snapshots = [];
+    if (requests.length === 0) return;
+    const users = [...new Set(requests.flatMap((r) => r.userIds))];
     if (!this.presence) return;
-    const offline = [...this.wentOffline];
-    this.wentOffline.clear();
-    const here = new Set<string>();
-    for (const [userId] of this.host.users()) here.add(userId);
+    const inFlight = new Map(users.map((u) => [u, false]));
+    this.snapshotInFlight = inFlight;
+    const states = new Map<string, { state: FrameState; lastSeenAt: Timestamp | undefined }>();
+    try {
+      for (let i = 0; i < users.length; i += GET_PRESENCE_CHUNK) {
+        this.stats.getPresenceCalls++;
+        const res = await this.presence.getPresence({ userIds: users.slice(i, i + GET_PRESENCE_CHUNK) });
+        for (const p of res.presences) {
+          const state = frameStateOf(p.state);
+          states.set(p.userId, { state, lastSeenAt: state === FrameState.OFFLINE ? p.lastSeenAt : undefined });
+        }
+      }
+    } catch (err) {
+      this.logger.warn({ err, users: users.length }, "GetPresence failed");
+      for (const r of requests) {
+        if (!r.conn.closed) this.host.reply(r.conn, errorFrame(ErrorCode.UNAVAILABLE, "presence unavailable: current states not sent", r.ref));
+      }
+      return;
+    } finally {
+      this.snapshotInFlight = undefined;
+    }
+    for (const r of requests) {
+      const p = this.perConn.get(r.conn);
+      if (!p || r.conn.closed) continue;
+      for (const userId of r.userIds) {
+        // Unfollowed meanwhile, or a newer state was delivered while the call was in flight.
+        if (!p.follows.has(userId) || inFlight.get(userId)) continue;
+        const s = states.get(userId);
+        if (!s) continue;
+        this.stats.framesOut++;
+        this.host.reply(
+          r.conn,
+          serverFrame({
+            ref: r.ref,
+            kind: { case: "presence", value: { userId, state: s.state, lastSeenAt: s.lastSeenAt } },
+          }),
+        );
+      }
+    }
+  }
+
+  /** The users whose state here changed since the last report, in one call. */
+  private async deltaReport(): Promise<void> {
+    if (!this.presence || this.dirty.size === 0) return;
+    const users = this.dirty;
+    this.dirty = new Set();
+    const online: { userId: string; state: LiveState }[] = [];
+    const offline: string[] = [];
+    for (const userId of users) {
+      const now = this.stateHere(userId);
+      if (now === this.reported.get(userId)) continue;
+      if (now) online.push({ userId, state: now });
+      else offline.push(userId);
+    }
+    if (online.length + offline.length === 0) return;
+    this.stats.deltaReports++;
     try {
       await this.presence.reportConnections({
         gatewayId: this.cfg.id,
-        online: [...here].map((userId) => ({ userId, state: PresenceState.ONLINE })),
+        online: online.map((u) => ({ userId: u.userId, state: RPC_STATE[u.state] })),
+        offlineUserIds: offline,
+        full: false,
+      });
+      for (const u of online) this.reported.set(u.userId, u.state);
+      for (const u of offline) this.reported.delete(u);
+    } catch (err) {
+      // Left for the next flush or the heartbeat (the full report covers them).
+      for (const u of users) this.dirty.add(u);
+      this.logger.warn({ err, users: online.length + offline.length }, "presence delta report failed");
+    }
+  }
+
+  /** Every heartbeat: a full report. */
+  private async heartbeat(): Promise<void> {
+    await this.fullReport();
+  }
+
+  /**
+   * The registry topic keys of every user followed here. The gateway's registry refresh
+   * re-adds them with its group topics (one call per refresh interval, so they outlive
+   * the registry TTL and come back after a Redis restart).
+   */
+  followedTopics(): string[] {
+    return [...this.followers.keys()].map(presenceTopic);
+  }
+
+  /** Every user here with their state, and the users the service still holds here that are gone. */
+  private async fullReport(): Promise<void> {
+    if (!this.presence) return;
+    const online: { userId: string; state: LiveState }[] = [];
+    for (const userId of this.local.keys()) {
+      const s = this.stateHere(userId);
+      if (s) online.push({ userId, state: s });
+    }
+    const offline = [...this.reported.keys()].filter((u) => !this.local.has(u));
+    const covered = this.dirty;
+    this.dirty = new Set();
+    this.stats.fullReports++;
+    try {
+      await this.presence.reportConnections({
+        gatewayId: this.cfg.id,
+        online: online.map((u) => ({ userId: u.userId, state: RPC_STATE[u.state] })),
         offlineUserIds: offline,
         full: true,
       });
+      this.reported.clear();
+      for (const u of online) this.reported.set(u.userId, u.state);
     } catch (err) {
-      for (const u of offline) if (!here.has(u)) this.wentOffline.add(u);
+      for (const u of covered) this.dirty.add(u);
       this.logger.warn({ err }, "presence report failed");
     }
   }

@@ -110,8 +110,13 @@ export async function startPublicServer(
         subscribe: (topic) => void ws.subscribe(topic),
         unsubscribe: (topic) => void ws.unsubscribe(topic),
         publish: (topic, data, binary) => void ws.publish(topic, data, binary),
+        bufferedAmount: () => ws.getBufferedAmount(),
       };
       core.open(conn, port);
+    },
+
+    drain(ws) {
+      core.drained(ws.getUserData().conn);
     },
 
     message(ws, message, isBinary) {

@@ -588,6 +588,35 @@ export class CassandraMessageRepository implements MessageRepository {
     return out;
   }
 
+  /**
+   * Oldest first: the buckets from afterSeq's upward, each read in ascending order (the
+   * reverse of its clustering order, still one slice of one partition), up to the head.
+   * Stops before the first missing seq (a reserved batch whose rows are not written yet).
+   */
+  async range(conversationId: string, afterSeq: number, limit: number): Promise<StoredMessage[]> {
+    if (limit <= 0) return [];
+    const head = await this.readHead(conversationId, false);
+    if (!head) return [];
+    const top = Number(head.get("last_seq"));
+    const out: StoredMessage[] = [];
+    let next = afterSeq + 1;
+    for (let b = this.bucket(next); next <= top && out.length < limit; b++) {
+      const rs = await this.run(
+        `SELECT ${MESSAGE_COLUMNS} FROM ${this.ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq >= ? AND seq <= ? ORDER BY seq ASC LIMIT ?`,
+        [conversationId, BigInt(b), BigInt(next), BigInt(top), limit - out.length],
+      );
+      for (const r of rs.rows) {
+        const m = toMessage(conversationId, r);
+        if (m.seq !== next) return out;
+        out.push(m);
+        next++;
+      }
+      // The bucket ended early (not at its last seq): a gap.
+      if (next <= top && this.bucket(next) === b && out.length < limit) return out;
+    }
+    return out;
+  }
+
   async heads(conversationIds: readonly string[], withLastMessage = false): Promise<ConversationHead[]> {
     const ids = [...new Set(conversationIds)];
     const out: ConversationHead[] = [];

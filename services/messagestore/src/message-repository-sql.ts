@@ -141,6 +141,15 @@ export class SqlMessageRepository implements MessageRepository {
     return rows.map(toMessage);
   }
 
+  async range(conversationId: string, afterSeq: number, limit: number): Promise<StoredMessage[]> {
+    // Batches are inserted atomically, so the stored seqs of a conversation have no gap.
+    const rows = await this.sql.query<MessageRow>(
+      `SELECT ${COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3`,
+      [conversationId, afterSeq, limit],
+    );
+    return rows.map(toMessage);
+  }
+
   async heads(conversationIds: readonly string[], withLastMessage = false): Promise<ConversationHead[]> {
     if (conversationIds.length === 0) return [];
     if (withLastMessage) {

@@ -60,6 +60,11 @@ export interface MessageRepository {
   /** Up to `limit` messages with seq < beforeSeq (0 = from the newest), newest first. */
   history(conversationId: string, beforeSeq: number, limit: number): Promise<StoredMessage[]>;
   /**
+   * Up to `limit` messages with seq > afterSeq, oldest first, with consecutive seqs: the
+   * answer stops before the first seq that is not (yet) stored (resuming devices).
+   */
+  range(conversationId: string, afterSeq: number, limit: number): Promise<StoredMessage[]>;
+  /**
    * The head of each conversation that has a message (any order; empty ones are left
    * out), with its newest message when `withLastMessage` is true.
    */

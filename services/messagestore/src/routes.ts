@@ -4,6 +4,7 @@ import type { MessageStoreContext } from "./context.js";
 import { append, appendBatch } from "./routes/append.js";
 import { getHeads } from "./routes/get-heads.js";
 import { getHistory } from "./routes/get-history.js";
+import { getRange } from "./routes/get-range.js";
 
 export function messageStoreRoutes(ctx: MessageStoreContext): Routes {
   return (router) =>
@@ -12,5 +13,6 @@ export function messageStoreRoutes(ctx: MessageStoreContext): Routes {
       appendBatch: appendBatch(ctx),
       getHistory: getHistory(ctx),
       getHeads: getHeads(ctx),
+      getRange: getRange(ctx),
     });
 }

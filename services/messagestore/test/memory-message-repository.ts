@@ -77,6 +77,19 @@ export class MemoryMessageRepository implements MessageRepository {
       .map(copy);
   }
 
+  async range(conversationId: string, afterSeq: number, limit: number): Promise<StoredMessage[]> {
+    await yieldTurn();
+    const l = this.logs.get(conversationId);
+    if (!l) return [];
+    const out: StoredMessage[] = [];
+    for (let seq = afterSeq + 1; out.length < limit; seq++) {
+      const m = l.bySeq.get(seq);
+      if (!m) break;
+      out.push(copy(m));
+    }
+    return out;
+  }
+
   async heads(conversationIds: readonly string[], withLastMessage = false): Promise<ConversationHead[]> {
     await yieldTurn();
     const out: ConversationHead[] = [];

@@ -161,6 +161,13 @@ if (server) {
       assert.deepEqual(await seqs(0, 200), range(35, 1));
       assert.deepEqual(await seqs(Number.MAX_SAFE_INTEGER, 3), range(35, 33), "a huge beforeSeq starts at the head");
       assert.deepEqual(await other.history(c, 0, 200), [...all].reverse(), "every field intact across buckets");
+      const forward = async (after: number, limit: number) => (await other.range(c, after, limit)).map((m) => m.seq);
+      assert.deepEqual(await forward(0, 7), range(7, 1).reverse(), "range: oldest first");
+      assert.deepEqual(await forward(7, 5), range(12, 8).reverse(), "range crosses 9 → 10");
+      assert.deepEqual(await forward(8, 100), range(35, 9).reverse(), "range crosses every bucket up to the head");
+      assert.deepEqual(await forward(19, 1), [20], "range starts at the first seq of a bucket");
+      assert.deepEqual(await forward(35, 10), []);
+      assert.deepEqual(await other.range(c, 0, 200), all, "every field intact across buckets");
       const found = await other.findByClientMsgIds(c, [all[3]!, all[9]!, all[34]!]);
       assert.deepEqual([...found].sort((x, y) => x.seq - y.seq), [all[3], all[9], all[34]]);
     });
@@ -193,8 +200,10 @@ if (server) {
       }
       // The head moved, the rows are missing: a reader sees the hole...
       assert.deepEqual((await other.history(c, 0, 50)).map((m) => m.seq), [2, 1]);
+      assert.deepEqual((await other.range(c, 0, 50)).map((m) => m.seq), [1, 2], "range stops before the hole");
       // ... until a writer loads the conversation, which writes the reserved batch.
       assert.equal(await other.lastSeq(c), 12);
+      assert.deepEqual((await other.range(c, 1, 50)).map((m) => m.seq), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], "range after the roll-forward");
       assert.deepEqual(await other.history(c, 0, 50), [...crashed].reverse().concat(await repo.history(c, 3, 50)));
       assert.deepEqual((await other.findByClientMsgIds(c, crashed)).length, 10);
       await other.insert(c, messages(c, 13, 13));

@@ -98,6 +98,28 @@ export function describeMessageRepository(name: string, factory: () => Promise<M
       assert.deepEqual(await seqs(100, 1), [5]);
     });
 
+    it("pages forward with afterSeq and limit, oldest first, every field intact", async () => {
+      const c = randomUuid();
+      const batch = [...messages(c, 1, 3), ...eventMessages(c, 4, 5), ...messages(c, 6, 9)];
+      await repo.insert(c, batch.slice(0, 5));
+      await repo.insert(c, batch.slice(5));
+      const seqs = async (after: number, limit: number) => (await repo.range(c, after, limit)).map((m) => m.seq);
+      assert.deepEqual(await repo.range(c, 0, 50), batch, "oldest first, events included");
+      assert.deepEqual(await seqs(0, 4), [1, 2, 3, 4]);
+      assert.deepEqual(await seqs(4, 4), [5, 6, 7, 8]);
+      assert.deepEqual(await seqs(8, 4), [9]);
+      assert.deepEqual(await seqs(9, 4), []);
+      assert.deepEqual(await seqs(1000, 4), []);
+      assert.deepEqual(await repo.range(randomUuid(), 0, 10), [], "an unknown conversation");
+      const other = randomUuid();
+      await repo.insert(other, messages(other, 1, 2));
+      assert.deepEqual(
+        (await repo.range(other, 0, 10)).map((m) => m.conversationId),
+        [other, other],
+        "only the asked conversation",
+      );
+    });
+
     it("keeps conversations apart", async () => {
       const [a, b] = [randomUuid(), randomUuid()];
       await repo.insert(a, messages(a, 1, 3));
@@ -230,6 +252,8 @@ export function describeMessageRepository(name: string, factory: () => Promise<M
       assert.equal(await repo.lastSeq(c), 256);
       assert.equal((await repo.findByClientMsgIds(c, batch)).length, 256);
       assert.deepEqual(await repo.history(c, 0, 200), batch.slice(56).reverse());
+      assert.deepEqual(await repo.range(c, 0, 200), batch.slice(0, 200));
+      assert.deepEqual(await repo.range(c, 200, 1000), batch.slice(200));
     });
   });
 }

@@ -115,6 +115,20 @@ describe("MessageStoreService", () => {
     assert.deepEqual((await client.getHistory({ conversationId: randomUuid() })).messages, []);
   });
 
+  it("returns a range oldest first, paged by after_seq, 200 by default", async () => {
+    const c = randomUuid();
+    const appended = [];
+    for (let i = 0; i < 205; i++) appended.push((await client.append({ ...appendRequest(c, `m${i + 1}`) })).message!);
+    const page1 = await client.getRange({ conversationId: c });
+    assert.equal(page1.messages.length, 200);
+    assert.deepEqual(page1.messages, appended.slice(0, 200));
+    const page2 = await client.getRange({ conversationId: c, afterSeq: 200n, limit: 1000 });
+    assert.deepEqual(page2.messages.map((m) => m.seq), [201n, 202n, 203n, 204n, 205n]);
+    assert.deepEqual((await client.getRange({ conversationId: c, afterSeq: 203n, limit: 1 })).messages.map((m) => m.body), ["m204"]);
+    assert.deepEqual((await client.getRange({ conversationId: c, afterSeq: 205n })).messages, []);
+    assert.deepEqual((await client.getRange({ conversationId: randomUuid() })).messages, []);
+  });
+
   it("returns one head per requested conversation, in request order", async () => {
     const [a, b, empty] = [randomUuid(), randomUuid(), randomUuid()];
     now = NOW + 1000;
@@ -232,6 +246,12 @@ describe("MessageStoreService", () => {
     it("GetHistory: before_seq beyond 2^53", async () => {
       await rejectsWith(client.getHistory({ conversationId: randomUuid(), beforeSeq: 1n << 60n }), Code.InvalidArgument, "before_seq");
     });
+    it("GetRange: conversation_id not a UUID, limit above 1,000, after_seq beyond 2^53", async () => {
+      await rejectsWith(client.getRange({ conversationId: "nope" }), Code.InvalidArgument, "conversation_id");
+      await rejectsWith(client.getRange({ conversationId: randomUuid(), limit: 1001 }), Code.InvalidArgument, "limit");
+      await rejectsWith(client.getRange({ conversationId: randomUuid(), afterSeq: 1n << 60n }), Code.InvalidArgument, "after_seq");
+      assert.deepEqual((await client.getRange({ conversationId: randomUuid(), limit: 1000 })).messages, []);
+    });
     it("GetHeads: more than 500 ids", async () => {
       const ids = Array.from({ length: 501 }, () => randomUuid());
       await rejectsWith(client.getHeads({ conversationIds: ids }), Code.InvalidArgument, "conversation_ids");
@@ -258,6 +278,9 @@ describe("MessageStoreService error codes", () => {
     history: async () => {
       throw err();
     },
+    range: async () => {
+      throw err();
+    },
     heads: async () => {
       throw err();
     },
@@ -272,6 +295,7 @@ describe("MessageStoreService error codes", () => {
     const { ctx, client } = await serve(broken(() => new Error("connection refused")));
     await rejectsWith(client.append(appendRequest()), Code.Unavailable);
     await rejectsWith(client.getHistory({ conversationId: randomUuid() }), Code.Unavailable);
+    await rejectsWith(client.getRange({ conversationId: randomUuid() }), Code.Unavailable);
     await rejectsWith(client.getHeads({ conversationIds: [randomUuid()] }), Code.Unavailable);
     await ctx.close();
   });

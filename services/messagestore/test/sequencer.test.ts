@@ -59,6 +59,10 @@ class ProbeRepository implements MessageRepository {
     return this.inner.history(conversationId, beforeSeq, limit);
   }
 
+  range(conversationId: string, afterSeq: number, limit: number) {
+    return this.inner.range(conversationId, afterSeq, limit);
+  }
+
   heads(conversationIds: readonly string[], withLastMessage?: boolean) {
     return this.inner.heads(conversationIds, withLastMessage);
   }

@@ -1,33 +1,94 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
+import type { Discovery } from "../../../lib/discovery/discovery.js";
+import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
 import { createLogger, type Logger } from "../../../lib/logger.js";
 import { openRedis } from "../../../lib/redis.js";
+import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
+import { RedisConnectionRegistry } from "../../../lib/registry/connection-registry-redis.js";
+import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { PresenceConfig } from "./config.js";
+import { PresenceFanOut } from "./presence-fan-out.js";
 import type { PresenceStore } from "./presence-store.js";
 import { MemoryPresenceStore } from "./presence-store-memory.js";
 import { RedisPresenceStore } from "./presence-store-redis.js";
 
+/** What the one-process platform and tests may pass in instead of building it from config. */
+export interface PresenceOverrides {
+  store?: PresenceStore;
+  /** The connection registry: its topic index says which gateways follow whom (`presence:<userId>`). */
+  registry?: ConnectionRegistry;
+  /** Where gateways are (`resolve("gateway", id)`). Default: the static `PARLEY_GATEWAYS` table. */
+  discovery?: Discovery;
+  /** The transport to a gateway's internal port. Default: gRPC over HTTP/2 to its URL. */
+  dialGateway?: (url: string, gatewayId: string) => OwnedTransport;
+  clock?: () => number;
+  logger?: Logger;
+  /** false: no sweep timer (tests call `fanOut.sweep()` themselves with their clock). */
+  sweepTimer?: boolean;
+}
+
 export class PresenceContext {
+  private readonly gatewayClients = new Map<string, { url: string; transport: OwnedTransport; client: Client<typeof DeliveryService> }>();
+  readonly fanOut: PresenceFanOut;
+
   private constructor(
     readonly store: PresenceStore,
+    readonly registry: ConnectionRegistry,
+    private readonly discovery: Discovery,
+    private readonly dialGateway: (url: string, gatewayId: string) => OwnedTransport,
     readonly clock: () => number,
     readonly logger: Logger,
-  ) {}
+    private readonly ownsRegistry: boolean,
+  ) {
+    this.fanOut = new PresenceFanOut(store, registry, (id) => this.gateway(id), clock, logger);
+  }
 
-  static async fromConfig(
-    cfg: PresenceConfig,
-    o: { store?: PresenceStore; clock?: () => number; logger?: Logger } = {},
-  ): Promise<PresenceContext> {
+  static async fromConfig(cfg: PresenceConfig, o: PresenceOverrides = {}): Promise<PresenceContext> {
     const logger = o.logger ?? createLogger("presence", cfg.logLevel);
+    const timing = { ttlMs: cfg.ttlMs, dampMs: cfg.dampMs };
     const store =
       o.store ??
       (cfg.redisUrl
-        ? new RedisPresenceStore(await openRedis(cfg.redisUrl, { name: "parley-presence", logger }), cfg.ttlMs, {
-            prefix: cfg.redisPrefix,
-          })
-        : new MemoryPresenceStore(cfg.ttlMs));
-    return new PresenceContext(store, o.clock ?? Date.now, logger);
+        ? new RedisPresenceStore(await openRedis(cfg.redisUrl, { name: "parley-presence", logger }), timing, { prefix: cfg.redisPrefix })
+        : new MemoryPresenceStore(timing));
+    // The presence service only reads the topic index (and the gateways' TTL applies).
+    const registry =
+      o.registry ??
+      (cfg.redisUrl
+        ? new RedisConnectionRegistry(await openRedis(cfg.redisUrl, { name: "parley-presence-registry", logger }), { prefix: cfg.redisPrefix })
+        : new MemoryConnectionRegistry());
+    const ctx = new PresenceContext(
+      store,
+      registry,
+      o.discovery ?? new StaticDiscovery(cfg.gateways),
+      o.dialGateway ?? ((url) => dialGrpc(url)),
+      o.clock ?? Date.now,
+      logger,
+      !o.registry,
+    );
+    if (o.sweepTimer !== false) ctx.fanOut.start(cfg.sweepMs);
+    return ctx;
   }
 
-  close(): Promise<void> {
-    return this.store.close();
+  /** The Deliver client of a gateway, or undefined when discovery does not know it. */
+  private gateway(gatewayId: string): Client<typeof DeliveryService> | undefined {
+    const instance = this.discovery.resolve("gateway", gatewayId);
+    if (!instance) return undefined;
+    const cached = this.gatewayClients.get(gatewayId);
+    if (cached?.url === instance.url) return cached.client;
+    cached?.transport.close();
+    const transport = this.dialGateway(instance.url, gatewayId);
+    const client = createClient(DeliveryService, transport);
+    this.gatewayClients.set(gatewayId, { url: instance.url, transport, client });
+    return client;
+  }
+
+  async close(): Promise<void> {
+    await this.fanOut.stop();
+    for (const g of this.gatewayClients.values()) g.transport.close();
+    await this.store.close();
+    if (this.ownsRegistry) await this.registry.close();
   }
 }

@@ -11,8 +11,9 @@ await runServiceProcess({
   port: cfg.port,
   logLevel: cfg.logLevel,
   services: [PresenceService],
-  async start(logger) {
-    const ctx = await PresenceContext.fromConfig(cfg, { logger });
+  async start(logger, discovery) {
+    // Discovery (etcd) finds the gateways to deliver presence changes to.
+    const ctx = await PresenceContext.fromConfig(cfg, { logger, discovery });
     return { routes: presenceRoutes(ctx), close: () => ctx.close() };
   },
 }, process.env);

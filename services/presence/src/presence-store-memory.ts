@@ -1,46 +1,72 @@
-import type { Presence, PresenceStore } from "./presence-store.js";
+import { emptyRecord, evaluate, published, type Op, type UserRecord } from "./presence-rules.js";
+import type { Presence, PresenceStore, PresenceStoreStats, PresenceTiming, UserReport } from "./presence-store.js";
 
 /**
- * Presence in memory (the embedded default). A user is online while at least one
- * gateway's latest report, younger than the TTL, lists them: a gateway that dies
- * stops reporting and its users go offline when the TTL runs out. Nothing runs on a
- * timer: expiry is decided when presence is read.
+ * Presence in memory (the embedded default, one presence instance). Same rules as the
+ * Redis adapter (presence-rules.ts); due users are kept in a map of deadlines that the
+ * sweep scans. Stats count what the Redis adapter would do (one command per user
+ * touched, one round trip per call), so both can be compared.
  */
 export class MemoryPresenceStore implements PresenceStore {
-  /** userId → gatewayId → time of the last report listing the user online */
-  private readonly seen = new Map<string, Map<string, number>>();
-  private readonly lastSeen = new Map<string, number>();
+  private readonly users = new Map<string, UserRecord>();
+  /** userId → next deadline */
+  private readonly deadlines = new Map<string, number>();
+  readonly stats: PresenceStoreStats = { commands: 0, roundTrips: 0 };
 
-  constructor(private readonly ttlMs: number) {}
+  constructor(private readonly timing: PresenceTiming) {}
 
-  async report(gatewayId: string, online: readonly string[], offline: readonly string[], nowMs: number): Promise<void> {
-    for (const userId of online) {
-      let gws = this.seen.get(userId);
-      if (!gws) this.seen.set(userId, (gws = new Map()));
-      gws.set(gatewayId, nowMs);
-      this.lastSeen.set(userId, nowMs);
+  private apply(userId: string, op: Op, nowMs: number): Presence | undefined {
+    let rec = this.users.get(userId);
+    if (!rec) this.users.set(userId, (rec = emptyRecord()));
+    const { publish, deadlineMs } = evaluate(userId, rec, op, nowMs, this.timing);
+    if (deadlineMs === undefined) this.deadlines.delete(userId);
+    else this.deadlines.set(userId, deadlineMs);
+    return publish;
+  }
+
+  async report(gatewayId: string, online: readonly UserReport[], offline: readonly string[], nowMs: number): Promise<Presence[]> {
+    if (online.length + offline.length === 0) return [];
+    this.stats.roundTrips++;
+    this.stats.commands += online.length + offline.length;
+    const out: Presence[] = [];
+    for (const u of online) {
+      const p = this.apply(u.userId, { gatewayId, state: u.state }, nowMs);
+      if (p) out.push(p);
     }
     for (const userId of offline) {
-      const gws = this.seen.get(userId);
-      if (!gws?.delete(gatewayId)) continue;
-      this.lastSeen.set(userId, nowMs);
-      if (gws.size === 0) this.seen.delete(userId);
+      // An offline report for a user the store never saw creates nothing.
+      if (!this.users.has(userId)) continue;
+      const p = this.apply(userId, { gatewayId, state: undefined }, nowMs);
+      if (p) out.push(p);
     }
+    return out;
   }
 
   async get(userIds: readonly string[], nowMs: number): Promise<Presence[]> {
-    return userIds.map((userId) => {
-      let online = false;
-      const gws = this.seen.get(userId);
-      if (gws) {
-        for (const [gw, at] of gws) {
-          if (nowMs - at < this.ttlMs) online = true;
-          else gws.delete(gw);
-        }
-        if (gws.size === 0) this.seen.delete(userId);
-      }
-      return { userId, state: online ? "online" : "offline", lastSeenMs: online ? nowMs : (this.lastSeen.get(userId) ?? 0) };
-    });
+    if (userIds.length === 0) return [];
+    this.stats.roundTrips++;
+    this.stats.commands += userIds.length;
+    return userIds.map((u) => published(u, this.users.get(u), nowMs));
+  }
+
+  async sweep(nowMs: number, limit: number): Promise<Presence[]> {
+    this.stats.roundTrips++;
+    this.stats.commands++;
+    const due: string[] = [];
+    for (const [userId, at] of this.deadlines) {
+      if (at > nowMs) continue;
+      due.push(userId);
+      if (due.length >= limit) break;
+    }
+    if (due.length === 0) return [];
+    this.stats.roundTrips++;
+    this.stats.commands += due.length;
+    const out: Presence[] = [];
+    for (const userId of due) {
+      const p = this.apply(userId, undefined, nowMs);
+      if (p) out.push(p);
+    }
+    return out;
   }
 
   async close(): Promise<void> {}

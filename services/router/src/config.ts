@@ -1,4 +1,5 @@
 import type { Instance } from "../../../lib/discovery/discovery.js";
+import { parseGateways } from "../../../lib/discovery/discovery-static.js";
 import { envInt, envPort, envString, type Env } from "../../../lib/env.js";
 import { redisPrefixFrom, redisUrlFrom } from "../../../lib/redis.js";
 
@@ -22,17 +23,6 @@ export interface RouterConfig {
   redisUrl: string | undefined;
   redisPrefix: string;
   logLevel: string;
-}
-
-export function parseGateways(spec: string | undefined): Instance[] {
-  if (!spec) return [];
-  return spec.split(",").map((part) => {
-    const eq = part.indexOf("=");
-    if (eq <= 0) throw new Error(`PARLEY_GATEWAYS: expected id=url, got "${part}"`);
-    const url = part.slice(eq + 1);
-    new URL(url); // throws on a malformed URL
-    return { kind: "gateway" as const, id: part.slice(0, eq), url };
-  });
 }
 
 export function loadConfig(env: Env): RouterConfig {

@@ -27,8 +27,52 @@ export interface FanOutItem {
   membership?: MembershipChange;
 }
 
+/** An event that is delivered like a message but never stored (typing). */
+export interface EphemeralItem {
+  conversationId: string;
+  senderId: string;
+  senderDeviceId: string;
+  route: ConversationRoute;
+  /** The encoded ServerFrame for the recipients. */
+  serverFrame: Uint8Array;
+}
+
+/** What dispatch works on: a stored message or an ephemeral event. */
+interface Outgoing {
+  conversationId: string;
+  senderId: string;
+  senderDeviceId: string;
+  route: ConversationRoute;
+  frame(): Uint8Array;
+  /** Stored messages: their sequence number (gateways de-duplicate by it) and, for pushes, the message. */
+  seq: bigint;
+  message?: Message;
+  membership?: MembershipChange;
+}
+
+function outgoing(item: FanOutItem): Outgoing {
+  let frame: Uint8Array | undefined;
+  return {
+    conversationId: item.message.conversationId,
+    senderId: item.message.senderId,
+    senderDeviceId: item.senderDeviceId,
+    route: item.route,
+    frame: () => (frame ??= encodeMessageFrame(item.message)),
+    seq: item.message.seq,
+    message: item.message,
+    membership: item.membership,
+  };
+}
+
+function ephemeral(e: EphemeralItem): Outgoing {
+  return { ...e, frame: () => e.serverFrame, seq: 0n };
+}
+
 export interface FanOutStats {
   messages: number;
+  /** Ephemeral events fanned out, and refused by SendEphemeral (not members). */
+  ephemeral: number;
+  ephemeralRefused: number;
   registryLookups: number;
   deliverCalls: number;
   /** Envelopes for group topics (one per gateway per group message). */
@@ -51,11 +95,11 @@ const PREVIEW_CHARS = 120;
  * message to a group of 100,000 costs the router O(gateways), not O(members).
  */
 export class FanOut {
-  private queue: FanOutItem[] = [];
+  private queue: Outgoing[] = [];
   private running = false;
   private idleWaiters: (() => void)[] = [];
   private readonly outboxes = new Map<string, GatewayOutbox>();
-  readonly stats: FanOutStats = { messages: 0, registryLookups: 0, deliverCalls: 0, topicEnvelopes: 0 };
+  readonly stats: FanOutStats = { messages: 0, ephemeral: 0, ephemeralRefused: 0, registryLookups: 0, deliverCalls: 0, topicEnvelopes: 0 };
 
   constructor(
     private readonly registry: ConnectionRegistry,
@@ -75,8 +119,14 @@ export class FanOut {
     this.order.push({ conversationId: item.message.conversationId, seq: Number(item.message.seq), item });
   }
 
+  /** An ephemeral event: no sequence number, so no ordering wait; dispatched with the next batch. */
+  enqueueEphemeral(item: EphemeralItem): void {
+    this.queue.push(ephemeral(item));
+    if (!this.running) void this.run();
+  }
+
   private dispatchInOrder(item: FanOutItem): void {
-    this.queue.push(item);
+    this.queue.push(outgoing(item));
     if (!this.running) void this.run();
   }
 
@@ -102,12 +152,12 @@ export class FanOut {
     for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  private async dispatch(batch: FanOutItem[]): Promise<void> {
+  private async dispatch(batch: Outgoing[]): Promise<void> {
     const users = new Set<string>();
     const topics = new Set<string>();
     for (const item of batch) {
       if (item.route.kind === "direct") for (const u of item.route.memberIds) users.add(u);
-      else topics.add(item.message.conversationId);
+      else topics.add(item.conversationId);
       for (const u of item.membership?.joined ?? []) users.add(u);
       for (const u of item.membership?.left ?? []) users.add(u);
     }
@@ -117,19 +167,20 @@ export class FanOut {
       topics.size > 0 ? this.registry.lookupTopics([...topics]) : new Map<string, string[]>(),
     ]);
     for (const item of batch) {
-      this.stats.messages++;
+      if (item.message) this.stats.messages++;
+      else this.stats.ephemeral++;
       if (item.route.kind === "direct") this.dispatchDirect(item, where);
-      else this.dispatchGroup(item, where, topicGateways.get(item.message.conversationId) ?? []);
+      else this.dispatchGroup(item, where, topicGateways.get(item.conversationId) ?? []);
     }
   }
 
-  private dispatchDirect(item: FanOutItem, where: Map<string, string[]>): void {
+  private dispatchDirect(item: Outgoing, where: Map<string, string[]>): void {
     const byGateway = new Map<string, string[]>();
     const offline: string[] = [];
     for (const userId of item.route.memberIds) {
       const gateways = where.get(userId);
       if (!gateways) {
-        if (userId !== item.message.senderId) offline.push(userId);
+        if (userId !== item.senderId) offline.push(userId);
         continue;
       }
       for (const gw of gateways) {
@@ -139,28 +190,36 @@ export class FanOut {
       }
     }
     if (byGateway.size > 0) {
-      const serverFrame = encodeMessageFrame(item.message);
+      const serverFrame = item.frame();
       for (const [gatewayId, userIds] of byGateway) {
         const outbox = this.outbox(gatewayId);
-        if (outbox) outbox.push({ userIds, serverFrame, excludeDeviceId: item.senderDeviceId });
-        else void this.forget(gatewayId, userIds, []);
+        if (outbox) {
+          outbox.push({
+            userIds,
+            serverFrame,
+            excludeDeviceId: item.senderDeviceId,
+            conversationId: item.message ? item.conversationId : "",
+            seq: item.seq,
+          });
+        } else void this.forget(gatewayId, userIds, []);
       }
     }
-    if (offline.length > 0) this.pushOffline(item.message, offline);
+    // Only stored messages are pushed to offline devices (never a typing event).
+    if (offline.length > 0 && item.message) this.pushOffline(item.message, offline);
   }
 
   /**
    * One envelope per gateway holding subscribers of the conversation, plus the gateways
    * of users who joined or left with this message (their devices (un)subscribe there).
    */
-  private dispatchGroup(item: FanOutItem, where: Map<string, string[]>, subscribed: readonly string[]): void {
-    const conversationId = item.message.conversationId;
+  private dispatchGroup(item: Outgoing, where: Map<string, string[]>, subscribed: readonly string[]): void {
+    const conversationId = item.conversationId;
     const gateways = new Set(subscribed);
     const m = item.membership;
     for (const u of m?.joined ?? []) for (const gw of where.get(u) ?? []) gateways.add(gw);
     for (const u of m?.left ?? []) for (const gw of where.get(u) ?? []) gateways.add(gw);
     if (gateways.size === 0) return;
-    const serverFrame = encodeMessageFrame(item.message);
+    const serverFrame = item.frame();
     const membership = m && {
       conversationId,
       joinedUserIds: [...m.joined],
@@ -174,7 +233,14 @@ export class FanOut {
         continue;
       }
       this.stats.topicEnvelopes++;
-      outbox.push({ topicConversationId: conversationId, serverFrame, excludeDeviceId: item.senderDeviceId, membership });
+      outbox.push({
+        topicConversationId: conversationId,
+        serverFrame,
+        excludeDeviceId: item.senderDeviceId,
+        membership,
+        conversationId: item.message ? conversationId : "",
+        seq: item.seq,
+      });
     }
   }
 

@@ -3,6 +3,7 @@ import type { Routes } from "../../../lib/rpc.js";
 import type { RouterContext } from "./context.js";
 import { applyConversationChange } from "./routes/apply-conversation-change.js";
 import { send, sendBatch } from "./routes/send.js";
+import { sendEphemeral } from "./routes/send-ephemeral.js";
 
 export function routerRoutes(ctx: RouterContext): Routes {
   return (router) =>
@@ -10,5 +11,6 @@ export function routerRoutes(ctx: RouterContext): Routes {
       send: send(ctx),
       sendBatch: sendBatch(ctx),
       applyConversationChange: applyConversationChange(ctx),
+      sendEphemeral: sendEphemeral(ctx),
     });
 }

@@ -19,20 +19,12 @@ import { loadConfig } from "../src/config.js";
 import { RouterContext } from "../src/context.js";
 import { MembershipCache } from "../src/membership-cache.js";
 import { routerRoutes } from "../src/routes.js";
+import { until } from "../../../lib/testing/wait.js";
 
 function deferred<T = void>() {
   let resolve!: (v: T) => void;
   const promise = new Promise<T>((r) => (resolve = r));
   return { promise, resolve };
-}
-
-/** Lets queued immediates and promise callbacks run until `check` holds (bounded turns; no sleeping). */
-async function until(what: string, check: () => boolean, turns = 500): Promise<void> {
-  for (let i = 0; i < turns; i++) {
-    if (check()) return;
-    await new Promise<void>((r) => setImmediate(r));
-  }
-  assert.fail(`never happened: ${what}`);
 }
 
 /** The memory registry, counting lookups, with an optional gate on the next lookup. */
@@ -330,7 +322,7 @@ describe("router: send and fan-out", () => {
       const frame = fromBinary(ServerFrameSchema, env.serverFrame);
       assert.equal(frame.kind.case === "message" && frame.kind.value.messageId, ack.messageId);
     }
-    assert.deepEqual(h.ctx.fanOut.stats, { messages: 1, registryLookups: 1, deliverCalls: 2, topicEnvelopes: 2 });
+    assert.deepEqual(h.ctx.fanOut.stats, { messages: 1, ephemeral: 0, ephemeralRefused: 0, registryLookups: 1, deliverCalls: 2, topicEnvelopes: 2 });
     assert.deepEqual(h.registry.lookups, [], "no per-user lookup for a group");
     assert.deepEqual(h.registry.topicLookups, [[c]]);
   });
@@ -802,5 +794,53 @@ describe("router: conversation changes (ApplyConversationChange)", () => {
     await rejectsWith(change(c, { joined: ["not-a-uuid"] }), Code.InvalidArgument);
     await rejectsWith(change(c, { event: new Uint8Array(64 * 1024 + 1) }), Code.InvalidArgument);
     assert.equal(h.appends.length, 0);
+  });
+});
+
+describe("router: ephemeral events (SendEphemeral)", () => {
+  let h: Harness;
+  beforeEach(async () => (h = await harness()));
+  afterEach(() => h.ctx.close());
+
+  const event = (conversationId: string, senderId: string, deviceId = randomUUID()) => ({
+    conversationId,
+    senderId,
+    senderDeviceId: deviceId,
+    serverFrame: new Uint8Array([0x82, 0x01, 0x00]),
+  });
+
+  it("fans out like a message (users in a 1:1, topics in a group) without storing anything", async () => {
+    const [a, b] = [randomUUID(), randomUUID()];
+    await online(h, "gw-1", b);
+    const d = direct(h, a, b);
+    const g = group(h, [a, b]);
+    await subscribed(h, "gw-2", g);
+    const device = randomUUID();
+    const res = await h.router.sendEphemeral({ events: [event(d, a, device), event(g, a, device)] });
+    assert.equal(res.refused, 0);
+    await h.ctx.fanOut.idle();
+    const [e1] = gw(h, "gw-1").calls.flatMap((c) => c.envelopes);
+    assert.deepEqual(e1?.userIds, [b]);
+    assert.deepEqual([...e1!.serverFrame], [0x82, 0x01, 0x00]);
+    assert.equal(e1?.seq, 0n, "no sequence number: not a stored message");
+    const [e2] = gw(h, "gw-2").calls.flatMap((c) => c.envelopes);
+    assert.equal(e2?.topicConversationId, g);
+    assert.equal(e2?.excludeDeviceId, device);
+    assert.equal(h.appends.length, 0);
+    assert.equal(h.notified.length, 0, "nobody is pushed a typing event");
+  });
+
+  it("events of non-members and unknown conversations are dropped and counted; bad ones refuse the call", async () => {
+    const [a, b, mallory] = [randomUUID(), randomUUID(), randomUUID()];
+    await online(h, "gw-1", b);
+    const d = direct(h, a, b);
+    const res = await h.router.sendEphemeral({ events: [event(d, mallory), event(randomUUID(), a), event(d, a)] });
+    assert.equal(res.refused, 2);
+    await h.ctx.fanOut.idle();
+    assert.equal(gw(h, "gw-1").calls.flatMap((c) => c.envelopes).length, 1);
+    assert.equal(h.ctx.fanOut.stats.ephemeralRefused, 2);
+    await rejectsWith(h.router.sendEphemeral({ events: [{ ...event(d, a), serverFrame: new Uint8Array() }] }), Code.InvalidArgument);
+    await rejectsWith(h.router.sendEphemeral({ events: [event("nope", a)] }), Code.InvalidArgument);
+    await rejectsWith(h.router.sendEphemeral({ events: Array.from({ length: 1025 }, () => event(d, a)) }), Code.InvalidArgument);
   });
 });
