@@ -26,6 +26,8 @@ export interface GatewayConfig {
   /** Sends one connection may have waiting for an ack. */
   maxInFlightSends: number;
   presenceIntervalMs: number;
+  /** A connection without user activity this long counts as AWAY (checked every presence interval). */
+  presenceAwayAfterMs: number;
   /** `PARLEY_REDIS_URL`: the connection registry lives in Redis; unset → in memory (one process). */
   redisUrl: string | undefined;
   redisPrefix: string;
@@ -76,6 +78,7 @@ export function loadConfig(env: Env): GatewayConfig {
     frameBurst: int(env, "PARLEY_FRAME_BURST", 500, 1, 1_000_000),
     maxInFlightSends: int(env, "PARLEY_MAX_INFLIGHT_SENDS", 256, 1, 100_000),
     presenceIntervalMs: int(env, "PARLEY_PRESENCE_REPORT_MS", 30_000, 100, 3_600_000),
+    presenceAwayAfterMs: int(env, "PARLEY_PRESENCE_AWAY_AFTER_MS", 300_000, 100, 86_400_000),
     redisUrl: redisUrlFrom(env),
     redisPrefix: redisPrefixFrom(env),
     registryTtlMs: int(env, "PARLEY_REGISTRY_TTL_SECONDS", DEFAULT_REGISTRY_TTL_MS / 1000, 1, 86_400) * 1000,

@@ -918,6 +918,25 @@ function bodies(s: FakeSocket): (string | undefined)[] {
   return s.frames.slice(1).map((f) => (f.kind.case === "message" ? f.kind.value.body : f.kind.case));
 }
 
+describe("GatewayCore: a failure while saying Hello", () => {
+  let h: Harness;
+  beforeEach(() => (h = harness()));
+  afterEach(() => h.core.drain());
+
+  it("closes that connection (1011) and neither stops the others of the flush nor any later Hello", async () => {
+    const broken = connect(h);
+    broken.socket.cork = () => {
+      throw new Error("a socket that fails");
+    };
+    const fine = connect(h); // same flush
+    await until("hello of the other", () => fine.socket.writes.length > 0);
+    assert.deepEqual(broken.socket.closes.map((c) => c.code), [CloseCode.INTERNAL_ERROR]);
+    const later = connect(h); // a later flush
+    await until("hello of a later one", () => later.socket.writes.length > 0);
+    assert.equal(later.socket.kinds()[0], "hello");
+  });
+});
+
 describe("GatewayCore: group topics", () => {
   let h: Harness;
   beforeEach(() => (h = harness()));

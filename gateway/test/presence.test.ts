@@ -105,9 +105,10 @@ function harness(env: Record<string, string> = {}) {
   );
   const registry = new CountingRegistry();
   const all = new Set<Connection>();
+  const clock = { now: 0 };
   const gp = new GatewayPresence(
     cfg,
-    { presence, registry, clock: () => 0, logger: createLogger("test", "silent") },
+    { presence, registry, clock: () => clock.now, logger: createLogger("test", "silent") },
     {
       reply: (conn, frame) => {
         if (!conn.write(frame)) conn.socket?.close(4008, "slow");
@@ -135,7 +136,7 @@ function harness(env: Record<string, string> = {}) {
   function setState(c: { conn: Connection }, state: FrameState, ref = 0) {
     gp.onSetPresence(c.conn, ref, create(SetPresenceSchema, { state }));
   }
-  return { gp, cfg, reports, gets, fail, states, gate, registry, open, close, subscribe, setState };
+  return { gp, cfg, reports, gets, fail, states, gate, registry, clock, open, close, subscribe, setState };
 }
 
 function presenceFrame(userId: string, state: FrameState, lastSeenMs = 0): Uint8Array {
@@ -230,6 +231,23 @@ describe("GatewayPresence: reports", () => {
     mock.timers.tick(1000);
     await until("next full", () => h.reports.length === 4);
     assert.deepEqual(h.reports[3]!.offlineUserIds, [], "offline once");
+  });
+
+  it("a connection without activity for the away delay counts as AWAY; its next frame makes it ONLINE again", async () => {
+    await h.gp.stop();
+    h = harness({ PARLEY_PRESENCE_AWAY_AFTER_MS: "60000" });
+    const a = h.open();
+    await until("online", () => h.reports.length === 1);
+    h.clock.now = 59_999;
+    mock.timers.tick(1000);
+    await until("full report", () => h.reports.length === 2);
+    assert.deepEqual(onlineOf(h.reports[1]!), [`${a.userId}:ONLINE`], "not idle yet");
+    h.clock.now = 60_000;
+    mock.timers.tick(1000);
+    await until("idle: away", () => h.reports.slice(2).some((r) => onlineOf(r).includes(`${a.userId}:AWAY`)));
+    h.gp.activity(a.conn);
+    await until("active again", () => onlineOf(h.reports.at(-1)!).includes(`${a.userId}:ONLINE`));
+    assert.equal(h.reports.at(-1)!.full, false, "a delta right away");
   });
 
   it("stop: one last report, the users still here and the ones gone", async () => {

@@ -5,6 +5,8 @@ import { api } from "./harness.js";
 export interface Account {
   userId: string;
   username: string;
+  password: string;
+  /** The access token of the sign-up's device session. */
   token: string;
 }
 
@@ -26,7 +28,7 @@ export function signUpMany(publicUrl: string, n: number, prefix = "u", concurren
   return mapLimit(Array.from({ length: n }, (_, i) => i), concurrency, async (i) => {
     const username = `${prefix}${i}-${tag}`;
     const res = await api(publicUrl).auth.signUp({ username, password });
-    return { userId: res.user!.userId, username, token: res.tokens!.accessToken };
+    return { userId: res.user!.userId, username, password, token: res.tokens!.accessToken };
   });
 }
 
@@ -44,4 +46,10 @@ export async function createGroup(publicUrl: string, owner: Account, members: re
     await groups.addMembers({ conversationId, userIds: ids.slice(i, i + ADD_MEMBERS_CHUNK) });
   }
   return conversationId;
+}
+
+/** A new device of the account: a log-in of its own (new device id and session). */
+export async function newDevice(publicUrl: string, a: Account): Promise<string> {
+  const res = await api(publicUrl).auth.logIn({ username: a.username, password: a.password });
+  return res.tokens!.accessToken;
 }

@@ -1,6 +1,13 @@
 import { fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { ErrorCode, ServerFrameSchema, type ClientFrame, type SendMessage, type Typing } from "../../../gen/parley/client/v1/frames_pb.js";
+import {
+  ErrorCode,
+  ServerFrameSchema,
+  type ClientFrame,
+  type Receipt as ReceiptFrame,
+  type SendMessage,
+  type Typing,
+} from "../../../gen/parley/client/v1/frames_pb.js";
 import type { DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import type { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
@@ -9,7 +16,7 @@ import type { EphemeralEventSchema, SendRequestSchema, SendResponse } from "../.
 import type { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry, DeviceEntry } from "../../../lib/registry/connection-registry.js";
-import { requireText, requireUuid } from "../../../lib/validate.js";
+import { invalid, requireText, requireUuid } from "../../../lib/validate.js";
 import type { GatewayConfig } from "../config.js";
 import { Connection, topicOf, type Principal, type SocketPort, type TopicBus } from "./connection.js";
 import { encodeServerFrame, errorCodeOf, errorFrame, pongFrame, serverFrame, type Decoded } from "./frames.js";
@@ -17,9 +24,14 @@ import { CloseCode, type Encoding } from "./protocol.js";
 import { GatewayPresence } from "./presence.js";
 import { ReadCursorQueue } from "./read-cursors.js";
 import { TYPING_EXPIRES_MS, TypingGate } from "./typing.js";
+import { ReceiptQueue } from "./receipts.js";
 import { frameBytes, parseResume, Resumer, ResumeState, type ResumeRequest } from "./resume.js";
 
 export const MAX_BODY_CHARS = 4000;
+/** A connection waits at most this long for its user's group list before being told to try again. */
+const GROUP_LIST_TIMEOUT_MS = 5000;
+/** Sequence numbers beyond this are no real cursor (and would lose precision as numbers). */
+const MAX_SAFE_SEQ = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** A send handed to the router (lib/batcher.ts batches them per router instance). */
 export type RouterSend = (req: MessageInitShape<typeof SendRequestSchema>) => Promise<SendResponse>;
@@ -42,7 +54,7 @@ export interface GatewayDeps {
    * The groups service: the group conversations of connecting users (one
    * ListUserGroupIds per flush) and the read cursors of senders (coalesced).
    */
-  groups: Pick<Client<typeof GroupsService>, "listUserGroupIds" | "advanceReadCursors" | "listUserConversations">;
+  groups: Pick<Client<typeof GroupsService>, "listUserGroupIds" | "advanceReadCursors" | "listUserConversations" | "advanceCursors">;
   /** Heads and ranges for Resume frames; without it a Resume is answered UNAVAILABLE. */
   messagestore?: Pick<Client<typeof MessageStoreService>, "getHeads" | "getRange">;
   registry: ConnectionRegistry;
@@ -87,6 +99,8 @@ export interface GatewayStats {
   /** Typing events forwarded to the router, and dropped by the per-user rate limit. */
   typingForwarded: number;
   typingDropped: number;
+  /** Receipt frames accepted. */
+  receiptsIn: number;
 }
 
 /**
@@ -135,9 +149,12 @@ export class GatewayCore {
     topicPublishes: 0,
     typingForwarded: 0,
     typingDropped: 0,
+    receiptsIn: 0,
   };
   /** One typing event per user and conversation per 3 s (core/typing.ts). */
   private readonly typingGate: TypingGate;
+  /** Delivered/read receipts, stored in batches, told to who needs them (core/receipts.ts). */
+  private readonly receipts: ReceiptQueue;
 
   constructor(
     private readonly cfg: GatewayConfig,
@@ -147,6 +164,7 @@ export class GatewayCore {
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
     this.typingGate = new TypingGate(deps.clock);
+    this.receipts = new ReceiptQueue(deps, cfg.readCursorIntervalMs);
     this.readCursors = new ReadCursorQueue(async (cursors) => {
       await deps.groups.advanceReadCursors({
         cursors: cursors.map((c) => ({ userId: c.userId, conversationId: c.conversationId, seq: BigInt(c.seq) })),
@@ -245,6 +263,8 @@ export class GatewayCore {
       return;
     }
     const frame: ClientFrame = decoded.frame;
+    // Anything but a ping is the user doing something: not idle (presence AWAY by idleness).
+    if (frame.kind.case !== "ping") this.presence.activity(conn);
     switch (frame.kind.case) {
       case "send":
         void this.send(conn, frame.ref, frame.kind.value);
@@ -264,9 +284,31 @@ export class GatewayCore {
       case "typing":
         this.typing(conn, frame.ref, frame.kind.value);
         return;
+      case "receipt":
+        this.receipt(conn, frame.ref, frame.kind.value);
+        return;
       default:
         this.reply(conn, errorFrame(ErrorCode.UNKNOWN_FRAME, "frame has no kind this server knows", frame.ref));
     }
+  }
+
+  /**
+   * A receipt: validated, then queued (coalesced per device and conversation, stored in
+   * batches). Cursors that would move back or past the newest message are cut there,
+   * without an error; a cursor for a conversation the user is not in is ignored.
+   */
+  private receipt(conn: Connection, ref: number, r: ReceiptFrame): void {
+    try {
+      requireUuid("conversation_id", r.conversationId);
+      if (r.deliveredSeq > MAX_SAFE_SEQ || r.readSeq > MAX_SAFE_SEQ) throw invalid("seq", "out of range");
+    } catch (err) {
+      this.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, ConnectError.from(err).rawMessage, ref));
+      return;
+    }
+    if (r.deliveredSeq === 0n && r.readSeq === 0n) return;
+    this.stats.receiptsIn++;
+    const { userId, deviceId } = conn.principal;
+    this.receipts.report({ userId, deviceId, conversationId: r.conversationId, deliveredSeq: Number(r.deliveredSeq), readSeq: Number(r.readSeq) });
   }
 
   /**
@@ -555,8 +597,16 @@ export class GatewayCore {
   }
 
   private queueFlush(): Promise<void> {
-    this.flushes = this.flushes.then(() => this.flush());
+    this.flushes = this.flushes.then(() => this.flush()).catch((err: unknown) => this.chainFailed(err, "flush"));
     return this.flushes;
+  }
+
+  /**
+   * A bug in a flush or refresh must not stop the ones after it (they run in one chain:
+   * a rejected link would skip every later one, and no connection would get Hello again).
+   */
+  private chainFailed(err: unknown, what: string): void {
+    this.deps.logger.error({ err }, `registry ${what} failed unexpectedly`);
   }
 
   /**
@@ -611,7 +661,16 @@ export class GatewayCore {
         for (const t of topics) if (this.topics.has(t) && !this.pendingTopicRemove.has(t)) this.pendingTopicAdd.add(t);
       }
     }
-    for (const c of live) if (!c.closed) this.hello(c);
+    for (const c of live) {
+      if (c.closed) continue;
+      try {
+        this.hello(c);
+      } catch (err) {
+        // One connection's failure must not keep the others of this flush from their Hello.
+        this.deps.logger.error({ err, userId: c.principal.userId }, "hello failed");
+        c.socket?.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect");
+      }
+    }
   }
 
   /**
@@ -625,7 +684,7 @@ export class GatewayCore {
     this.fetching = seen;
     let lists: Map<string, string[]>;
     try {
-      const res = await this.deps.groups.listUserGroupIds({ userIds });
+      const res = await this.deps.groups.listUserGroupIds({ userIds }, { timeoutMs: GROUP_LIST_TIMEOUT_MS });
       lists = new Map(res.users.map((u) => [u.userId, u.conversationIds]));
     } catch (err) {
       this.deps.logger.warn({ err, users: userIds.length }, "listing users' groups failed");
@@ -658,7 +717,7 @@ export class GatewayCore {
    * flushes so it never overtakes them.
    */
   refreshRegistry(): Promise<void> {
-    this.flushes = this.flushes.then(() => this.refresh());
+    this.flushes = this.flushes.then(() => this.refresh()).catch((err: unknown) => this.chainFailed(err, "refresh"));
     return this.flushes;
   }
 
@@ -844,7 +903,7 @@ export class GatewayCore {
     await this.queueFlush();
     await this.presence.stop();
     this.readCursors.flush();
-    await this.readCursors.idle();
+    await Promise.all([this.readCursors.idle(), this.receipts.stop()]);
   }
 }
 

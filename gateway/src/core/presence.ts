@@ -37,7 +37,12 @@ type LiveState = "online" | "away";
 
 /** Per connection: its own state and the users it follows. */
 interface ConnPresence {
+  /** As the client set it (SetPresence); ONLINE on connect. */
   state: LiveState;
+  /** No activity for PARLEY_PRESENCE_AWAY_AFTER_MS: counts as AWAY until the next. */
+  idle: boolean;
+  /** The last frame the user sent on it (pings do not count). */
+  activeAtMs: number;
   follows: Set<string>;
 }
 
@@ -116,6 +121,7 @@ export class GatewayPresence {
   private readonly presence: Client<typeof PresenceService> | undefined;
   private readonly registry: ConnectionRegistry;
   private readonly logger: Logger;
+  private readonly clock: () => number;
 
   constructor(
     private readonly cfg: GatewayConfig,
@@ -131,13 +137,14 @@ export class GatewayPresence {
     this.presence = deps.presence;
     this.registry = deps.registry;
     this.logger = deps.logger;
+    this.clock = deps.clock;
     this.timer = setInterval(() => void this.enqueue(() => this.heartbeat()), cfg.presenceIntervalMs);
     this.timer.unref();
   }
 
   /** A connection is registered (its user may have been offline here). */
   connected(conn: Connection): void {
-    this.perConn.set(conn, { state: "online", follows: new Set() });
+    this.perConn.set(conn, { state: "online", idle: false, activeAtMs: this.clock(), follows: new Set() });
     const userId = conn.principal.userId;
     let set = this.local.get(userId);
     if (!set) this.local.set(userId, (set = new Set()));
@@ -156,6 +163,29 @@ export class GatewayPresence {
     set?.delete(conn);
     if (set?.size === 0) this.local.delete(userId);
     this.changed(userId);
+  }
+
+  /** The user did something on this connection (sent a frame other than a ping): not idle. */
+  activity(conn: Connection): void {
+    const p = this.perConn.get(conn);
+    if (!p) return;
+    p.activeAtMs = this.clock();
+    if (!p.idle) return;
+    p.idle = false;
+    this.changed(conn.principal.userId);
+  }
+
+  /** Connections without activity for the away delay become idle (AWAY); checked every heartbeat. */
+  private markIdle(): void {
+    const now = this.clock();
+    for (const [userId, conns] of this.local) {
+      for (const c of conns) {
+        const p = this.perConn.get(c);
+        if (!p || p.idle || now - p.activeAtMs < this.cfg.presenceAwayAfterMs) continue;
+        p.idle = true;
+        this.changed(userId);
+      }
+    }
   }
 
   /** SetPresence: this connection's own state, ONLINE or AWAY. No answer unless it is invalid. */
@@ -278,7 +308,8 @@ export class GatewayPresence {
     if (!set) return undefined;
     let state: LiveState | undefined;
     for (const c of set) {
-      const s = this.perConn.get(c)?.state;
+      const p = this.perConn.get(c);
+      const s = p && (p.idle ? "away" : p.state);
       if (s === "online") return "online";
       if (s) state = s;
     }
@@ -421,6 +452,7 @@ export class GatewayPresence {
 
   /** Every heartbeat: a full report. */
   private async heartbeat(): Promise<void> {
+    this.markIdle();
     await this.fullReport();
   }
 

@@ -146,5 +146,28 @@ export function chatService(deps: PublicApiDeps): ServiceImpl<typeof ChatService
       await deps.groups.setMuted({ userId: me.userId, conversationId, muted: req.muted });
       return {};
     },
+
+    async getReceipts(req, ctx) {
+      const conversationId = requireUuid("conversation_id", req.conversationId);
+      if (req.seq === 0n) throw invalid("seq", "must be a message's sequence number (1 or more)");
+      const limit = pageLimit("limit", req.limit, 100, 1000);
+      if (req.afterUserId !== "") requireUuid("after_user_id", req.afterUserId);
+      const me = await caller(deps, ctx);
+      await requireMembership(deps, conversationId, me.userId, { active: true });
+      const r = await deps.groups.getReceipts({
+        conversationId,
+        seq: req.seq,
+        includeReaders: req.includeReaders,
+        afterUserId: req.afterUserId,
+        limit,
+      });
+      return {
+        memberCount: r.memberCount,
+        deliveredCount: r.deliveredCount,
+        readCount: r.readCount,
+        readerIds: r.readerIds,
+        nextAfterUserId: r.nextAfterUserId,
+      };
+    },
   };
 }

@@ -1,6 +1,18 @@
-import { migrate, type Migration, type Sql, type SqlExecutor } from "../../../lib/sql.js";
+import { migrate, sqlState, type Migration, type Sql, type SqlExecutor } from "../../../lib/sql.js";
 import type { ConversationStore, GroupTransaction, NewGroup } from "./conversation-store.js";
-import type { ChangeRecord, Conversation, ConversationKind, Member, MemberState, PendingChange, ReadCursor, Role } from "./model.js";
+import type {
+  ChangeRecord,
+  Conversation,
+  ConversationKind,
+  CursorMove,
+  DeviceCursor,
+  Member,
+  MemberState,
+  PendingChange,
+  ReadCursor,
+  Receipts,
+  Role,
+} from "./model.js";
 
 const MIGRATIONS: Migration[] = [
   {
@@ -60,7 +72,34 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX conversation_changes_pending ON conversation_changes (conversation_id, position) WHERE published_at IS NULL;
     `,
   },
+  {
+    version: 3,
+    name: "receipts: per-device delivered cursors, users' delivered cursor, receipt indexes",
+    // Users' read cursors stay in conversation_members.read_seq; device_cursors holds each
+    // device's delivered cursor, and conversation_members.delivered_seq the highest of its
+    // user's devices and read_seq (kept by the cursor updates: delivered_seq >= read_seq),
+    // so GetReceipts counts receivers and readers of one message from index ranges of
+    // those at or past it, never reading every member.
+    sql: `
+      CREATE TABLE device_cursors (
+        conversation_id uuid NOT NULL,
+        user_id uuid NOT NULL,
+        device_id uuid NOT NULL,
+        delivered_seq bigint NOT NULL,
+        PRIMARY KEY (conversation_id, user_id, device_id),
+        FOREIGN KEY (conversation_id, user_id) REFERENCES conversation_members (conversation_id, user_id) ON DELETE CASCADE
+      );
+      ALTER TABLE conversation_members ADD COLUMN delivered_seq bigint NOT NULL DEFAULT 0;
+      UPDATE conversation_members SET delivered_seq = read_seq WHERE read_seq > 0;
+      CREATE INDEX conversation_members_read ON conversation_members (conversation_id, read_seq, user_id) WHERE state = 'active';
+      CREATE INDEX conversation_members_delivered ON conversation_members (conversation_id, delivered_seq) WHERE state = 'active';
+    `,
+  },
 ];
+
+/** SQLSTATEs after which a whole transaction may simply be run again. */
+const RETRYABLE = new Set(["40P01", "40001"]); // deadlock detected, serialization failure
+const ATTEMPTS = 3;
 
 /** The columns of a Conversation, over `conversations c`. */
 const CONVERSATION = `
@@ -287,13 +326,85 @@ export class SqlConversationStore implements ConversationStore {
   async advanceReadCursors(cursors: readonly ReadCursor[]): Promise<void> {
     if (cursors.length === 0) return;
     await this.sql.query(
-      `UPDATE conversation_members m SET read_seq = GREATEST(m.read_seq, v.seq)
+      `UPDATE conversation_members m
+       SET read_seq = GREATEST(m.read_seq, v.seq), delivered_seq = GREATEST(m.delivered_seq, v.seq)
        FROM (SELECT t.user_id, t.conversation_id, max(t.seq) AS seq
              FROM unnest($1::uuid[], $2::uuid[], $3::bigint[]) AS t (user_id, conversation_id, seq)
              GROUP BY t.user_id, t.conversation_id) AS v
        WHERE m.user_id = v.user_id AND m.conversation_id = v.conversation_id AND m.read_seq < v.seq`,
       [cursors.map((c) => c.userId), cursors.map((c) => c.conversationId), cursors.map((c) => String(c.seq))],
     );
+  }
+
+  async advanceCursors(cursors: readonly DeviceCursor[]): Promise<CursorMove[]> {
+    if (cursors.length === 0) return [];
+    const pairs = [cursors.map((c) => c.conversationId), cursors.map((c) => c.userId)];
+    const params = [
+      cursors.map((c) => c.userId),
+      cursors.map((c) => c.deviceId),
+      cursors.map((c) => c.conversationId),
+      cursors.map((c) => String(c.deliveredSeq)),
+      cursors.map((c) => String(c.readSeq)),
+      cursors.map((c) => String(c.maxSeq)),
+    ];
+    const rows = await retrying(() =>
+      this.sql.transaction(async (tx) => {
+        // The membership rows are the lock of their user's cursors (read and every
+        // device's delivered), taken in one order so batches do not deadlock each other.
+        // The next statement starts after, so it reads the latest committed cursors:
+        // the `from` values it answers are exact under concurrency.
+        await tx.query(
+          `SELECT 1 FROM conversation_members m
+           WHERE (m.conversation_id, m.user_id) IN (SELECT t.c, t.u FROM unnest($1::uuid[], $2::uuid[]) AS t (c, u))
+           ORDER BY m.conversation_id, m.user_id FOR UPDATE OF m`,
+          pairs,
+        );
+        return tx.query<MoveRow>(ADVANCE_CURSORS, params);
+      }),
+    );
+    return rows.map((r) => ({
+      userId: r.user_id,
+      deviceId: r.device_id,
+      conversationId: r.conversation_id,
+      kind: r.kind,
+      memberIds: r.member_ids,
+      memberCount: Number(r.member_count),
+      deliveredFrom: Number(r.delivered_from),
+      deliveredTo: Number(r.delivered_to),
+      readFrom: Number(r.read_from),
+      readTo: Number(r.read_to),
+    }));
+  }
+
+  async getReceipts(conversationId: string, seq: number, readers?: { afterUserId: string; limit: number }): Promise<Receipts | undefined> {
+    const rows = await this.sql.query<{
+      member_count: number;
+      read_count: string | number;
+      delivered_count: string | number;
+      reader_ids: string[];
+    }>(
+      `SELECT c.member_count,
+         (SELECT count(*) FROM conversation_members m
+          WHERE m.conversation_id = c.conversation_id AND m.state = 'active' AND m.read_seq >= $2) AS read_count,
+         (SELECT count(*) FROM conversation_members m
+          WHERE m.conversation_id = c.conversation_id AND m.state = 'active' AND m.delivered_seq >= $2) AS delivered_count,
+         CASE WHEN $3::boolean THEN ARRAY(
+           SELECT m.user_id::text FROM conversation_members m
+           WHERE m.conversation_id = c.conversation_id AND m.state = 'active' AND m.read_seq >= $2
+             AND m.user_id > COALESCE($4::uuid, '00000000-0000-0000-0000-000000000000'::uuid)
+           ORDER BY m.user_id LIMIT $5)
+         ELSE '{}'::text[] END AS reader_ids
+       FROM conversations c WHERE c.conversation_id = $1 AND c.deleted_at IS NULL`,
+      [conversationId, String(seq), readers !== undefined, readers?.afterUserId || null, readers?.limit ?? 0],
+    );
+    const r = rows[0];
+    if (!r) return undefined;
+    return {
+      memberCount: Number(r.member_count),
+      readCount: Number(r.read_count),
+      deliveredCount: Number(r.delivered_count),
+      readerIds: r.reader_ids,
+    };
   }
 
   block(blockerId: string, blockedId: string, directConversationId: string, change: ChangeRecord): Promise<boolean> {
@@ -454,6 +565,94 @@ class SqlGroupTransaction implements GroupTransaction {
     ]);
     if (!rows[0]) throw new Error(`conversation ${this.conversationId} vanished inside its transaction`);
     return toConversation(rows[0]);
+  }
+}
+
+interface MoveRow {
+  user_id: string;
+  device_id: string;
+  conversation_id: string;
+  kind: ConversationKind;
+  member_count: number;
+  member_ids: string[];
+  delivered_from: string | number;
+  delivered_to: string | number;
+  read_from: string | number;
+  read_to: string | number;
+}
+
+/**
+ * AdvanceCursors as one statement ($1..$6: user, device, conversation, delivered, read,
+ * max_seq arrays; their member rows are locked). `reported`: one row per (user, device,
+ * conversation), each value cut to its max_seq, the highest kept. `cur`: only members
+ * of live conversations (past members with a left_seq, cut to it); a read is also a
+ * delivery of that device. `ranked`: the user's new read cursor is the highest read of
+ * their devices in the batch, answered on one of them (`read_owner`); the user's
+ * delivered cursor (for counting) is the highest of their devices'. Then the cursors
+ * move forward only, and the rows that moved are answered in request order.
+ */
+const ADVANCE_CURSORS = `
+  WITH input AS (
+    SELECT t.user_id, t.device_id, t.conversation_id, t.ord,
+           LEAST(t.delivered, t.max_seq) AS d, LEAST(t.read, t.max_seq) AS r
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[], $6::bigint[])
+      WITH ORDINALITY AS t (user_id, device_id, conversation_id, delivered, read, max_seq, ord)
+  ),
+  reported AS (
+    SELECT user_id, device_id, conversation_id, min(ord) AS ord, max(d) AS d, max(r) AS r
+    FROM input GROUP BY user_id, device_id, conversation_id
+  ),
+  cur AS (
+    SELECT p.user_id, p.device_id, p.conversation_id, p.ord, c.kind, c.member_count,
+           m.read_seq AS read_from, m.delivered_seq AS user_delivered_from, COALESCE(dc.delivered_seq, 0) AS delivered_from,
+           LEAST(p.r, lim.seq) AS r, GREATEST(LEAST(p.d, lim.seq), LEAST(p.r, lim.seq)) AS d
+    FROM reported p
+    JOIN conversations c ON c.conversation_id = p.conversation_id AND c.deleted_at IS NULL
+    JOIN conversation_members m ON m.conversation_id = p.conversation_id AND m.user_id = p.user_id
+    CROSS JOIN LATERAL (SELECT CASE WHEN m.state = 'left' THEN m.left_seq END AS seq) AS lim
+    LEFT JOIN device_cursors dc
+      ON dc.conversation_id = p.conversation_id AND dc.user_id = p.user_id AND dc.device_id = p.device_id
+    WHERE m.state = 'active' OR m.left_seq IS NOT NULL
+  ),
+  ranked AS (
+    SELECT cur.*,
+           GREATEST(cur.read_from, max(cur.r) OVER w) AS read_to,
+           GREATEST(cur.user_delivered_from, max(cur.d) OVER w) AS user_delivered_to,
+           GREATEST(cur.delivered_from, cur.d) AS delivered_to,
+           row_number() OVER (PARTITION BY cur.conversation_id, cur.user_id ORDER BY cur.r DESC, cur.ord) = 1 AS read_owner
+    FROM cur WINDOW w AS (PARTITION BY cur.conversation_id, cur.user_id)
+  ),
+  user_moved AS (
+    UPDATE conversation_members m SET read_seq = r.read_to, delivered_seq = r.user_delivered_to
+    FROM ranked r
+    WHERE r.read_owner AND (r.read_to > r.read_from OR r.user_delivered_to > r.user_delivered_from)
+      AND m.conversation_id = r.conversation_id AND m.user_id = r.user_id
+  ),
+  delivered_moved AS (
+    INSERT INTO device_cursors (conversation_id, user_id, device_id, delivered_seq)
+    SELECT r.conversation_id, r.user_id, r.device_id, r.delivered_to FROM ranked r WHERE r.delivered_to > r.delivered_from
+    ON CONFLICT (conversation_id, user_id, device_id) DO UPDATE
+      SET delivered_seq = GREATEST(device_cursors.delivered_seq, EXCLUDED.delivered_seq)
+  )
+  SELECT r.user_id::text AS user_id, r.device_id::text AS device_id, r.conversation_id::text AS conversation_id,
+         r.kind, r.member_count,
+         CASE WHEN r.kind = 'direct'
+           THEN ARRAY(SELECT d.user_id::text FROM conversation_members d WHERE d.conversation_id = r.conversation_id ORDER BY d.user_id)
+           ELSE '{}'::text[] END AS member_ids,
+         r.delivered_from, r.delivered_to,
+         CASE WHEN r.read_owner THEN r.read_from ELSE r.read_to END AS read_from, r.read_to
+  FROM ranked r
+  WHERE r.delivered_to > r.delivered_from OR (r.read_owner AND r.read_to > r.read_from)
+  ORDER BY r.ord`;
+
+/** Runs a whole transaction again after a deadlock or serialization failure (Postgres rolled it back). */
+async function retrying<T>(run: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await run();
+    } catch (err) {
+      if (attempt >= ATTEMPTS || !RETRYABLE.has(sqlState(err) ?? "")) throw err;
+    }
   }
 }
 

@@ -1,4 +1,14 @@
-import type { ChangeRecord, Conversation, Member, PendingChange, ReadCursor, Role } from "./model.js";
+import type {
+  ChangeRecord,
+  Conversation,
+  CursorMove,
+  DeviceCursor,
+  Member,
+  PendingChange,
+  ReadCursor,
+  Receipts,
+  Role,
+} from "./model.js";
 
 /**
  * The work of one mutation of a group, inside one transaction that holds the group's
@@ -75,6 +85,29 @@ export interface ConversationStore {
   setMuted(conversationId: string, userId: string, muted: boolean): Promise<boolean>;
   /** Moves cursors forward only; cursors of non-members are ignored. */
   advanceReadCursors(cursors: readonly ReadCursor[]): Promise<void>;
+  /**
+   * Receipts, in one transaction for the whole batch. For each cursor of a member (active,
+   * or past with its left_seq set: cut to it; deleted conversations ignored): the device's
+   * delivered cursor and the user's read cursor move to the reported values cut to
+   * `maxSeq`, never back; a read counts as delivered for that device. Several cursors
+   * of one (user, device, conversation) count as one with the highest values.
+   * Answers one move per (user, device, conversation) whose cursor moved, in the order
+   * of their first appearance. When several devices of one user move its read cursor in
+   * one batch, the move is answered once, on the device that reported the highest read
+   * (the others answer read from === to, the new value).
+   */
+  advanceCursors(cursors: readonly DeviceCursor[]): Promise<CursorMove[]>;
+  /**
+   * Receipts of message `seq` over the active members, counted in the database (never
+   * loading the members), in one statement; with `readers`, one page of reader ids by
+   * user id after `readers.afterUserId` ("" = from the start). Undefined for unknown
+   * and deleted conversations.
+   */
+  getReceipts(
+    conversationId: string,
+    seq: number,
+    readers?: { afterUserId: string; limit: number },
+  ): Promise<Receipts | undefined>;
 
   /**
    * Records a block (idempotent). When it is new, bumps the pair's direct conversation

@@ -3,19 +3,21 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   ConversationKind,
   ConversationSchema,
+  CursorMoveSchema,
   MemberSchema,
   MemberState,
   Role as RolePb,
   type Conversation as ConversationPb,
+  type CursorMove as CursorMovePb,
   type Member as MemberPb,
 } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import { Role as ClientRolePb } from "../../../gen/parley/client/v1/types_pb.js";
-import type { Conversation, Member, Role } from "./model.js";
+import type { Conversation, ConversationKind as Kind, CursorMove, Member, Role } from "./model.js";
 
 export function conversationToProto(c: Conversation): ConversationPb {
   return create(ConversationSchema, {
     conversationId: c.conversationId,
-    kind: c.kind === "direct" ? ConversationKind.DIRECT : ConversationKind.GROUP,
+    kind: kindToProto(c.kind),
     memberIds: c.memberIds,
     createdAt: timestampFromMs(c.createdAtMs),
     version: BigInt(c.version),
@@ -24,6 +26,25 @@ export function conversationToProto(c: Conversation): ConversationPb {
     createdBy: c.createdBy,
     memberCount: c.memberCount,
     blockedUserIds: c.blockedUserIds,
+  });
+}
+
+export function kindToProto(k: Kind): ConversationKind {
+  return k === "direct" ? ConversationKind.DIRECT : ConversationKind.GROUP;
+}
+
+export function cursorMoveToProto(m: CursorMove): CursorMovePb {
+  return create(CursorMoveSchema, {
+    userId: m.userId,
+    deviceId: m.deviceId,
+    conversationId: m.conversationId,
+    kind: kindToProto(m.kind),
+    memberIds: m.memberIds,
+    memberCount: m.memberCount,
+    deliveredFrom: BigInt(m.deliveredFrom),
+    deliveredTo: BigInt(m.deliveredTo),
+    readFrom: BigInt(m.readFrom),
+    readTo: BigInt(m.readTo),
   });
 }
 

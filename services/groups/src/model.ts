@@ -57,3 +57,46 @@ export interface ChangeRecord {
   payload: Uint8Array;
   atMs: number;
 }
+
+/**
+ * One device's report for one conversation (receipts): what it received and what its
+ * user read. 0: not reported. Both are cut to `maxSeq` (the conversation's newest seq).
+ */
+export interface DeviceCursor {
+  userId: string;
+  deviceId: string;
+  conversationId: string;
+  deliveredSeq: number;
+  readSeq: number;
+  maxSeq: number;
+}
+
+/**
+ * A cursor that moved: the device's delivered cursor and/or its user's read cursor
+ * (from === to for the one that did not move), with what is needed to tell others.
+ */
+export interface CursorMove {
+  userId: string;
+  deviceId: string;
+  conversationId: string;
+  kind: ConversationKind;
+  /** Direct conversations: both users (sorted). Groups: empty. */
+  memberIds: string[];
+  /** Active members. */
+  memberCount: number;
+  deliveredFrom: number;
+  deliveredTo: number;
+  readFrom: number;
+  readTo: number;
+}
+
+/** Receipts of one message (`seq`) of a conversation, over its active members. */
+export interface Receipts {
+  memberCount: number;
+  /** Members with a device that received it, or who read it. */
+  deliveredCount: number;
+  /** Members whose read cursor is at or past it. */
+  readCount: number;
+  /** When asked: readers after `afterUserId`, by user id, at most `limit`. */
+  readerIds: string[];
+}

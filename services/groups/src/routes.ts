@@ -4,6 +4,7 @@ import type { Routes } from "../../../lib/rpc.js";
 import { isUnavailable } from "../../../lib/sql.js";
 import type { GroupsContext } from "./context.js";
 import { addMembers } from "./routes/add-members.js";
+import { advanceCursors } from "./routes/advance-cursors.js";
 import { advanceReadCursors } from "./routes/advance-read-cursors.js";
 import { blockUser } from "./routes/block-user.js";
 import { checkMembers } from "./routes/check-members.js";
@@ -12,6 +13,7 @@ import { deleteGroup } from "./routes/delete-group.js";
 import { getConversation } from "./routes/get-conversation.js";
 import { getMembership } from "./routes/get-membership.js";
 import { getOrCreateDirectConversation } from "./routes/get-or-create-direct-conversation.js";
+import { getReceipts } from "./routes/get-receipts.js";
 import { listBlockedUsers } from "./routes/list-blocked-users.js";
 import { listMembers } from "./routes/list-members.js";
 import { listUserConversations } from "./routes/list-user-conversations.js";
@@ -49,6 +51,8 @@ export function groupsRoutes(ctx: GroupsContext): Routes {
       setMemberRole: h(setMemberRole(ctx)),
       setMuted: h(setMuted(ctx)),
       advanceReadCursors: h(advanceReadCursors(ctx)),
+      advanceCursors: h(advanceCursors(ctx)),
+      getReceipts: h(getReceipts(ctx)),
       blockUser: h(blockUser(ctx)),
       unblockUser: h(unblockUser(ctx)),
       listBlockedUsers: h(listBlockedUsers(ctx)),

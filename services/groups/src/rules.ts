@@ -20,6 +20,10 @@ export const LIMITS = {
   userGroupIds: 10_000,
   /** Cursors per AdvanceReadCursors call. */
   readCursors: 1000,
+  /** Device cursors per AdvanceCursors call. */
+  deviceCursors: 1000,
+  readersDefault: 100,
+  readersMax: 1000,
   /** Conversations per ListUserConversations answer. */
   userConversations: 1000,
   listMembersDefault: 100,

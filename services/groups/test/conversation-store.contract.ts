@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { directConversationId, randomUuid } from "../../../lib/ids.js";
 import type { ConversationStore } from "../src/conversation-store.js";
-import type { ChangeRecord, Conversation } from "../src/model.js";
+import type { ChangeRecord, Conversation, CursorMove, DeviceCursor } from "../src/model.js";
 
 type Disposable = ConversationStore & { dispose?(): Promise<void> };
 
@@ -362,6 +362,196 @@ export function describeConversationStore(name: string, open: () => Promise<Disp
         assert.equal((await store.getMembership(id, a))?.member.muted, false);
         assert.equal(await store.setMuted(id, randomUuid(), true), false);
         assert.equal(await store.setMuted(randomUuid(), a, true), false);
+      });
+    });
+
+    describe("receipts", () => {
+      /** A cursor report; `max` defaults to 100. */
+      const cur = (userId: string, deviceId: string, conversationId: string, d: number, r: number, max = 100): DeviceCursor => ({
+        userId,
+        deviceId,
+        conversationId,
+        deliveredSeq: d,
+        readSeq: r,
+        maxSeq: max,
+      });
+      /** The moving part of a move: [user, device, delivered from, to, read from, to]. */
+      const brief = (m: CursorMove) => [m.userId, m.deviceId, m.deliveredFrom, m.deliveredTo, m.readFrom, m.readTo];
+
+      it("answers each moved cursor from → to, never moves back, and a read is a delivery of that device", async () => {
+        const [a, b, c] = ids(3) as [string, string, string];
+        const [da, db, db2] = ids(3) as [string, string, string];
+        const { conversation: g } = await group(a, [b, c]);
+        const id = g.conversationId;
+        const first = await store.advanceCursors([cur(a, da, id, 5, 0), cur(b, db, id, 3, 2), cur(c, randomUuid(), id, 0, 0)]);
+        assert.deepEqual(first.map(brief), [
+          [a, da, 0, 5, 0, 0],
+          [b, db, 0, 3, 0, 2],
+        ]);
+        assert.deepEqual(
+          first.map((m) => [m.conversationId, m.kind, m.memberIds, m.memberCount]),
+          [
+            [id, "group", [], 3],
+            [id, "group", [], 3],
+          ],
+        );
+        // Lower or equal reports move nothing.
+        assert.deepEqual(await store.advanceCursors([cur(a, da, id, 4, 0), cur(b, db, id, 3, 1)]), []);
+        // A read beyond the delivered cursor moves both; only delivered moves: read from === to.
+        assert.deepEqual((await store.advanceCursors([cur(b, db, id, 0, 4), cur(a, da, id, 6, 0)])).map(brief), [
+          [b, db, 3, 4, 2, 4],
+          [a, da, 5, 6, 0, 0],
+        ]);
+        // Another device of b: its own delivered cursor starts at 0; the user's read cursor is shared.
+        assert.deepEqual((await store.advanceCursors([cur(b, db2, id, 0, 3)])).map(brief), [[b, db2, 0, 3, 4, 4]]);
+        assert.equal((await store.getMembership(id, b))?.member.readSeq, 4);
+        assert.equal((await store.getMembership(id, a))?.member.readSeq, 0);
+        assert.deepEqual(await store.advanceCursors([]), []);
+      });
+
+      it("cuts to max_seq and, for past members, to left_seq; ignores non-members, unknown and deleted conversations", async () => {
+        const [owner, gone, pending, stranger] = ids(4) as [string, string, string, string];
+        const dev = randomUuid();
+        const { conversation: g, changeId } = await group(owner, [gone, pending]);
+        const id = g.conversationId;
+        await store.markPublished(id, changeId, 1, [], T0);
+        const leave = change();
+        await store.mutateGroup(id, async (tx) => {
+          await tx.leave([gone, pending]);
+          await tx.recordChange(leave);
+        });
+        await store.markPublished(id, leave.changeId, 20, [gone], T0); // `pending` has no left_seq yet
+        const { conversation: deleted } = await group(owner, [stranger]);
+        await store.mutateGroup(deleted.conversationId, (tx) => tx.markDeleted(T0));
+        const moves = await store.advanceCursors([
+          cur(owner, dev, id, 50, 40, 30),
+          cur(gone, dev, id, 25, 22, 30),
+          cur(pending, dev, id, 5, 5, 30),
+          cur(stranger, dev, id, 5, 5, 30),
+          cur(owner, dev, randomUuid(), 5, 5, 30),
+          cur(stranger, dev, deleted.conversationId, 5, 5, 30),
+        ]);
+        assert.deepEqual(moves.map(brief), [
+          [owner, dev, 0, 30, 0, 30],
+          [gone, dev, 0, 20, 0, 20],
+        ]);
+        assert.equal(moves[0]!.memberCount, 1);
+        assert.equal((await store.getMembership(id, gone))?.member.readSeq, 20);
+        assert.equal((await store.getMembership(id, pending))?.member.readSeq, 0);
+        // max_seq 0 (nothing stored yet): nothing moves.
+        assert.deepEqual(await store.advanceCursors([cur(owner, randomUuid(), id, 5, 5, 0)]), []);
+      });
+
+      it("takes the highest of several cursors of one device in a batch, and answers a user's read move once", async () => {
+        const [a, b] = ids(2) as [string, string];
+        const [d1, d2, d3] = ids(3) as [string, string, string];
+        await direct(a, b);
+        const id = directConversationId(a, b);
+        const moves = await store.advanceCursors([
+          cur(a, d1, id, 3, 1),
+          cur(a, d2, id, 2, 6),
+          cur(a, d1, id, 7, 2),
+          cur(a, d3, id, 1, 0),
+          cur(a, d2, id, 0, 4),
+          cur(b, d1, id, 9, 9, 8),
+        ]);
+        // One move per device, in order of first appearance; a's read 0 → 6 is answered
+        // on d2 (the highest read); d1 and d3 answer the new read cursor as from === to.
+        assert.deepEqual(moves.map(brief), [
+          [a, d1, 0, 7, 6, 6],
+          [a, d2, 0, 6, 0, 6],
+          [a, d3, 0, 1, 6, 6],
+          [b, d1, 0, 8, 0, 8],
+        ]);
+        for (const m of moves) {
+          assert.equal(m.kind, "direct");
+          assert.deepEqual(m.memberIds, [a, b]);
+          assert.equal(m.memberCount, 2);
+        }
+        assert.equal((await store.getMembership(id, a))?.member.readSeq, 6);
+        assert.equal((await store.getMembership(id, b))?.member.readSeq, 8);
+      });
+
+      it("moves each cursor once under concurrent batches: the answered moves chain without gaps or overlaps", async () => {
+        const [a] = ids(1) as [string];
+        const dev = randomUuid();
+        const { conversation: g } = await group(a, []);
+        const batches = await Promise.all(
+          Array.from({ length: 10 }, (_, i) => store.advanceCursors([cur(a, dev, g.conversationId, i + 1, i + 1)])),
+        );
+        const moves = batches.flat().sort((x, y) => x.deliveredFrom - y.deliveredFrom);
+        let at = 0;
+        for (const m of moves) {
+          assert.equal(m.deliveredFrom, at);
+          assert.equal(m.readFrom, at);
+          assert.ok(m.deliveredTo > at);
+          at = m.deliveredTo;
+        }
+        assert.equal(at, 10);
+      });
+
+      it("counts receipts of one message over active members and pages its readers", async () => {
+        const owner = randomUuid();
+        const ms = ids(5) as [string, string, string, string, string];
+        const { conversation: g, changeId } = await group(owner, ms);
+        const id = g.conversationId;
+        await store.markPublished(id, changeId, 1, [], T0);
+        await store.advanceCursors([
+          cur(ms[0], randomUuid(), id, 10, 10), // read 10
+          cur(ms[1], randomUuid(), id, 10, 4), // received 10, read 4
+          cur(ms[2], randomUuid(), id, 6, 0), // received 6
+          cur(ms[2], randomUuid(), id, 0, 0),
+        ]);
+        await store.advanceReadCursors([{ userId: ms[3], conversationId: id, seq: 8 }]); // read 8, no device reported
+        await store.advanceCursors([cur(owner, randomUuid(), id, 10, 10)]);
+        const at = async (seq: number) => {
+          const r = await store.getReceipts(id, seq);
+          return r && [r.memberCount, r.deliveredCount, r.readCount, r.readerIds];
+        };
+        assert.deepEqual(await at(4), [6, 5, 4, []]);
+        assert.deepEqual(await at(6), [6, 5, 3, []]);
+        assert.deepEqual(await at(7), [6, 4, 3, []]);
+        assert.deepEqual(await at(9), [6, 3, 2, []]);
+        assert.deepEqual(await at(11), [6, 0, 0, []]);
+        // Who left is no longer counted.
+        const leave = change();
+        await store.mutateGroup(id, async (tx) => {
+          await tx.leave([ms[0]]);
+          await tx.recordChange(leave);
+        });
+        await store.markPublished(id, leave.changeId, 11, [ms[0]], T0);
+        assert.deepEqual(await at(9), [5, 2, 1, []]);
+
+        const readers = [ms[1], ms[3], owner].sort();
+        assert.deepEqual((await store.getReceipts(id, 4, { afterUserId: "", limit: 10 }))?.readerIds, readers);
+        assert.deepEqual((await store.getReceipts(id, 4, { afterUserId: "", limit: 2 }))?.readerIds, readers.slice(0, 2));
+        assert.deepEqual((await store.getReceipts(id, 4, { afterUserId: readers[1]!, limit: 2 }))?.readerIds, readers.slice(2));
+        assert.deepEqual((await store.getReceipts(id, 4, { afterUserId: readers[2]!, limit: 2 }))?.readerIds, []);
+
+        assert.equal(await store.getReceipts(randomUuid(), 1), undefined);
+        await store.mutateGroup(id, (tx) => tx.markDeleted(T0));
+        assert.equal(await store.getReceipts(id, 1), undefined);
+      });
+
+      it("counts receipts in a group of 2,000 members after batches of 1,000 cursors", async () => {
+        const owner = randomUuid();
+        const first = ids(999);
+        const { conversation: g } = await group(owner, first);
+        const id = g.conversationId;
+        const more = ids(1000);
+        await store.mutateGroup(id, (tx) => tx.addMembers(more, T0));
+        const everyone = [owner, ...first, ...more];
+        // Member i received up to (i % 20) + 1 and read up to i % 10.
+        for (let i = 0; i < everyone.length; i += 1000) {
+          const batch = everyone.slice(i, i + 1000).map((u, j) => cur(u, randomUuid(), id, ((i + j) % 20) + 1, (i + j) % 10));
+          const moves = await store.advanceCursors(batch);
+          assert.equal(moves.length, batch.length);
+          assert.ok(moves.every((m) => m.memberCount === 2000));
+        }
+        const r = await store.getReceipts(id, 5);
+        // Delivered ≥ 5: (i % 20) ≥ 4 → 16 of 20; read ≥ 5: (i % 10) ≥ 5 → 5 of 10.
+        assert.deepEqual(r && [r.memberCount, r.deliveredCount, r.readCount], [2000, 1600, 1000]);
+        assert.equal((await store.getReceipts(id, 5, { afterUserId: "", limit: 1000 }))?.readerIds.length, 1000);
       });
     });
 

@@ -91,4 +91,29 @@ describe(`a group of ${MEMBERS.toLocaleString("en")} members (embedded database,
     await client.addMembers({ actorId: owner, conversationId: id, userIds: [randomUuid()] });
     assert.equal((await client.getConversation({ conversationId: id })).conversation?.memberCount, MEMBERS);
   });
+
+  it("moves 1,000 members' cursors in one call and counts receipts over all members", async () => {
+    const some = users.slice(10_000, 11_000);
+    const { moves } = await client.advanceCursors({
+      cursors: some.map((userId, i) => ({
+        userId,
+        deviceId: randomUuid(),
+        conversationId: id,
+        deliveredSeq: 3n,
+        readSeq: i < 400 ? 2n : 0n,
+        maxSeq: 3n,
+      })),
+    });
+    assert.equal(moves.length, 1000);
+    assert.ok(moves.every((m) => m.memberCount === MEMBERS));
+    const at = async (seq: bigint) => {
+      const r = await client.getReceipts({ conversationId: id, seq });
+      return [r.memberCount, r.deliveredCount, r.readCount];
+    };
+    assert.deepEqual(await at(2n), [MEMBERS, 1000, 400]);
+    assert.deepEqual(await at(3n), [MEMBERS, 1000, 0]);
+    const readers = await client.getReceipts({ conversationId: id, seq: 1n, includeReaders: true, limit: 1000 });
+    assert.deepEqual([...readers.readerIds], some.slice(0, 400).sort());
+    assert.equal(readers.nextAfterUserId, "");
+  });
 });

@@ -17,7 +17,7 @@ import { inProcess } from "../../../lib/rpc.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
 import { openPostgresInNewSchema } from "../../../lib/sql-pg.js";
 import { realBackend } from "../../../lib/testing/backends.js";
-import type { Sql } from "../../../lib/sql.js";
+import type { Sql, SqlExecutor } from "../../../lib/sql.js";
 import { loadConfig } from "../src/config.js";
 import { GroupsContext } from "../src/context.js";
 import { groupsRoutes } from "../src/routes.js";
@@ -98,18 +98,43 @@ if (postgresUrl) {
   describeGroupsService("Postgres (real server)", () => openPostgresInNewSchema(postgresUrl, "parley_test_groups_svc"));
 }
 
+/**
+ * The statements `sql` runs, recorded into `log` (inside transactions too), except the
+ * outbox's (its background loop polls on its own schedule).
+ */
+function recording(sql: Sql, log: string[]): Sql {
+  const record = (q: SqlExecutor): SqlExecutor => ({
+    query<R>(text: string, params?: readonly unknown[]) {
+      if (!/conversation_changes/.test(text)) log.push(text);
+      return q.query<R>(text, params);
+    },
+  });
+  return {
+    ...record(sql),
+    transaction: (fn) => sql.transaction((tx) => fn(record(tx))),
+    exec: (text) => sql.exec(text),
+    close: () => sql.close(),
+  };
+}
+
 function describeGroupsService(backend: string, openSql: () => Promise<Sql>) {
   describe(`GroupsService on ${backend}`, () => {
     let sql: Sql;
     let ctx: GroupsContext;
     let client: Client<typeof GroupsService>;
     let router: FakeRouter;
+    /** Every statement the service ran (but the outbox's); tests clear it and look. */
+    const statements: string[] = [];
 
     before(async () => {
       sql = await openSql();
       router = new FakeRouter();
       const cfg = loadConfig({ PARLEY_GROUP_MEMBER_CAP: String(CAP), PARLEY_GROUPS_OUTBOX_INTERVAL_MS: "10" });
-      ctx = await GroupsContext.fromConfig(cfg, { sql, router: router.transport, logger: createLogger("groups", "silent") });
+      ctx = await GroupsContext.fromConfig(cfg, {
+        sql: recording(sql, statements),
+        router: router.transport,
+        logger: createLogger("groups", "silent"),
+      });
       client = createClient(GroupsService, inProcess(groupsRoutes(ctx)));
     });
     after(async () => {
@@ -554,6 +579,131 @@ function describeGroupsService(backend: string, openSql: () => Promise<Sql>) {
           Code.InvalidArgument,
         );
         assert.equal(router.applied.length, published);
+      });
+    });
+
+    describe("receipts", () => {
+      const cursor = (userId: string, deviceId: string, conversationId: string, d: bigint, r: bigint, max = 100n) => ({
+        userId,
+        deviceId,
+        conversationId,
+        deliveredSeq: d,
+        readSeq: r,
+        maxSeq: max,
+      });
+
+      it("moves cursors and answers each move (from → to) with the conversation's kind, members and count", async () => {
+        const [a, b, owner, m, x] = [randomUuid(), randomUuid(), randomUuid(), randomUuid(), randomUuid()];
+        const [da, db, dm] = [randomUuid(), randomUuid(), randomUuid()];
+        const dm1 = directConversationId(a, b);
+        await client.getOrCreateDirectConversation({ userId: a, peerUserId: b });
+        const g = await newGroup(owner, [m]);
+        const published = router.applied.length;
+        const { moves } = await client.advanceCursors({
+          cursors: [
+            cursor(a, da, dm1, 4n, 0n),
+            cursor(b, db, dm1, 2n, 9n, 7n), // read cut to max_seq; a read is a delivery
+            cursor(m, dm, g.conversationId, 3n, 1n),
+            cursor(x, dm, g.conversationId, 3n, 3n), // not a member
+          ],
+        });
+        assert.deepEqual(
+          moves.map((mv) => [mv.userId, mv.deviceId, mv.conversationId, mv.deliveredFrom, mv.deliveredTo, mv.readFrom, mv.readTo]),
+          [
+            [a, da, dm1, 0n, 4n, 0n, 0n],
+            [b, db, dm1, 0n, 7n, 0n, 7n],
+            [m, dm, g.conversationId, 0n, 3n, 0n, 1n],
+          ],
+        );
+        assert.deepEqual(
+          moves.map((mv) => [mv.kind, [...mv.memberIds], mv.memberCount]),
+          [
+            [ConversationKind.DIRECT, [a, b].sort(), 2],
+            [ConversationKind.DIRECT, [a, b].sort(), 2],
+            [ConversationKind.GROUP, [], 2],
+          ],
+        );
+        assert.equal((await membership(dm1, b))?.readSeq, 7n);
+        // Never back.
+        assert.deepEqual((await client.advanceCursors({ cursors: [cursor(b, db, dm1, 1n, 1n)] })).moves, []);
+        assert.deepEqual((await client.advanceCursors({ cursors: [] })).moves, []);
+        assert.equal(router.applied.length, published, "receipts publish no change");
+      });
+
+      it("rejects bad AdvanceCursors input with InvalidArgument and moves nothing", async () => {
+        const [u, d] = [randomUuid(), randomUuid()];
+        const g = await newGroup(u);
+        const id = g.conversationId;
+        for (const bad of [
+          cursor("u", d, id, 1n, 1n),
+          cursor(u, "", id, 1n, 1n),
+          cursor(u, d, id.toUpperCase(), 1n, 1n),
+          cursor(u, d, id, 1n << 60n, 1n),
+        ]) {
+          await rejectsWith(client.advanceCursors({ cursors: [cursor(u, d, id, 1n, 1n), bad] }), Code.InvalidArgument, /cursors\[1\]/);
+        }
+        await rejectsWith(
+          client.advanceCursors({ cursors: Array.from({ length: 1001 }, () => cursor(u, d, id, 1n, 1n)) }),
+          Code.InvalidArgument,
+        );
+        assert.equal((await membership(id, u))?.readSeq, 0n);
+        const { moves } = await client.advanceCursors({ cursors: Array.from({ length: 1000 }, (_, i) => cursor(u, d, id, BigInt(i), 0n)) });
+        // 1,000 is allowed: one device, one move, the highest report cut to max_seq (100).
+        assert.deepEqual(moves.map((mv) => [mv.deliveredFrom, mv.deliveredTo]), [[0n, 100n]]);
+      });
+
+      it("answers receipts of a message: counts over active members, readers in pages; NotFound, InvalidArgument", async () => {
+        const owner = randomUuid();
+        const ms = [randomUuid(), randomUuid(), randomUuid(), randomUuid()];
+        const g = await newGroup(owner, ms);
+        const id = g.conversationId;
+        await client.advanceCursors({
+          cursors: [
+            cursor(owner, randomUuid(), id, 5n, 5n),
+            cursor(ms[0]!, randomUuid(), id, 5n, 3n),
+            cursor(ms[1]!, randomUuid(), id, 0n, 6n),
+            cursor(ms[2]!, randomUuid(), id, 2n, 0n),
+          ],
+        });
+        const r = await client.getReceipts({ conversationId: id, seq: 5n });
+        assert.deepEqual([r.memberCount, r.deliveredCount, r.readCount, r.readerIds, r.nextAfterUserId], [5, 3, 2, [], ""]);
+        const readers = [owner, ms[1]!].sort();
+        const page1 = await client.getReceipts({ conversationId: id, seq: 5n, includeReaders: true, limit: 1 });
+        assert.deepEqual([page1.readerIds, page1.nextAfterUserId], [[readers[0]], readers[0]]);
+        const page2 = await client.getReceipts({ conversationId: id, seq: 5n, includeReaders: true, limit: 1, afterUserId: readers[0]! });
+        assert.deepEqual([page2.readerIds, page2.nextAfterUserId], [[readers[1]], ""]);
+        const all = await client.getReceipts({ conversationId: id, seq: 1n, includeReaders: true });
+        assert.deepEqual([all.readerIds, all.nextAfterUserId], [[owner, ms[0]!, ms[1]!].sort(), ""]);
+
+        await rejectsWith(client.getReceipts({ conversationId: id, seq: 0n }), Code.InvalidArgument, /seq/);
+        await rejectsWith(client.getReceipts({ conversationId: "x", seq: 1n }), Code.InvalidArgument, /conversation_id/);
+        await rejectsWith(client.getReceipts({ conversationId: id, seq: 1n, limit: 1001 }), Code.InvalidArgument, /limit/);
+        await rejectsWith(client.getReceipts({ conversationId: id, seq: 1n, afterUserId: "x" }), Code.InvalidArgument, /after_user_id/);
+        await rejectsWith(client.getReceipts({ conversationId: randomUuid(), seq: 1n }), Code.NotFound);
+        await client.deleteGroup({ actorId: owner, conversationId: id });
+        await rejectsWith(client.getReceipts({ conversationId: id, seq: 1n }), Code.NotFound);
+      });
+
+      it("a group of 2,000 members: 1,000 cursors are two statements, its receipts one", async () => {
+        const owner = randomUuid();
+        const g = await newGroup(owner);
+        const id = g.conversationId;
+        const members = Array.from({ length: 1999 }, () => randomUuid());
+        // Past the test's member cap: straight into the store.
+        await ctx.store.mutateGroup(id, (tx) => tx.addMembers(members, Date.now()));
+        const everyone = [owner, ...members];
+        for (const start of [0, 1000]) {
+          statements.length = 0;
+          const batch = everyone.slice(start, start + 1000).map((u, i) => cursor(u, randomUuid(), id, BigInt(((start + i) % 4) + 1), 0n));
+          const { moves } = await client.advanceCursors({ cursors: batch });
+          assert.equal(moves.length, 1000);
+          assert.ok(moves.every((mv) => mv.memberCount === 2000));
+          assert.equal(statements.length, 2, statements.join("\n---\n"));
+        }
+        statements.length = 0;
+        const r = await client.getReceipts({ conversationId: id, seq: 3n, includeReaders: true });
+        assert.deepEqual([r.memberCount, r.deliveredCount, r.readCount, r.readerIds.length], [2000, 1000, 0, 0]);
+        assert.equal(statements.length, 1, statements.join("\n---\n"));
       });
     });
 

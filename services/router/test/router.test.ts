@@ -844,3 +844,33 @@ describe("router: ephemeral events (SendEphemeral)", () => {
     await rejectsWith(h.router.sendEphemeral({ events: Array.from({ length: 1025 }, () => event(d, a)) }), Code.InvalidArgument);
   });
 });
+
+describe("router: targeted ephemeral events (receipts)", () => {
+  let h: Harness;
+  beforeEach(async () => (h = await harness()));
+  afterEach(() => h.ctx.close());
+
+  it("an event naming users reaches only their devices, even in a group; the sender must be allowed there", async () => {
+    const [reader, author, other] = [randomUUID(), randomUUID(), randomUUID()];
+    const g = group(h, [reader, author, other]);
+    await subscribed(h, "gw-1", g);
+    await online(h, "gw-2", author);
+    await online(h, "gw-2", other);
+    const device = randomUUID();
+    const frame = new Uint8Array([0x92, 0x01, 0x00]);
+    await h.router.sendEphemeral({ events: [{ conversationId: g, senderId: reader, senderDeviceId: device, serverFrame: frame, userIds: [author] }] });
+    await h.ctx.fanOut.idle();
+    assert.equal(gw(h, "gw-1").calls.length, 0, "no topic publish");
+    const envs = gw(h, "gw-2").calls.flatMap((c) => c.envelopes);
+    assert.equal(envs.length, 1);
+    assert.deepEqual(envs[0]!.userIds, [author]);
+    assert.equal(envs[0]!.excludeDeviceId, device);
+    const outsider = randomUUID();
+    const res = await h.router.sendEphemeral({ events: [{ conversationId: g, senderId: outsider, senderDeviceId: device, serverFrame: frame, userIds: [author] }] });
+    assert.equal(res.refused, 1);
+    await rejectsWith(
+      h.router.sendEphemeral({ events: [{ conversationId: g, senderId: reader, senderDeviceId: device, serverFrame: frame, userIds: ["x"] }] }),
+      Code.InvalidArgument,
+    );
+  });
+});

@@ -12,7 +12,85 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/client/v1/chat_service.proto.
  */
 export const file_parley_client_v1_chat_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNwYXJsZXkvY2xpZW50L3YxL2NoYXRfc2VydmljZS5wcm90bxIQcGFybGV5LmNsaWVudC52MSI3Cg9NYXJrUmVhZFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBCIkChBNYXJrUmVhZFJlc3BvbnNlEhAKCHJlYWRfc2VxGAEgASgEIjkKD1NldE11dGVkUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbXV0ZWQYAiABKAgiEgoQU2V0TXV0ZWRSZXNwb25zZSJYCh1PcGVuRGlyZWN0Q29udmVyc2F0aW9uUmVxdWVzdBIWCgxwZWVyX3VzZXJfaWQYASABKAlIABIXCg1wZWVyX3VzZXJuYW1lGAIgASgJSABCBgoEcGVlciJWCh5PcGVuRGlyZWN0Q29udmVyc2F0aW9uUmVzcG9uc2USNAoMY29udmVyc2F0aW9uGAEgASgLMh4ucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb24iOgoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNEg8KB3VzZXJfaWQYAiABKAkiUgoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRI1Cg1jb252ZXJzYXRpb25zGAEgAygLMh4ucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb24iTwoRR2V0SGlzdG9yeVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCmJlZm9yZV9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0iWgoSR2V0SGlzdG9yeVJlc3BvbnNlEisKCG1lc3NhZ2VzGAEgAygLMhkucGFybGV5LmNsaWVudC52MS5NZXNzYWdlEhcKD25leHRfYmVmb3JlX3NlcRgCIAEoBCI2Cg9HZXRVc2Vyc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJdXNlcm5hbWVzGAIgAygJIjkKEEdldFVzZXJzUmVzcG9uc2USJQoFdXNlcnMYASADKAsyFi5wYXJsZXkuY2xpZW50LnYxLlVzZXIyygQKC0NoYXRTZXJ2aWNlEnsKFk9wZW5EaXJlY3RDb252ZXJzYXRpb24SLy5wYXJsZXkuY2xpZW50LnYxLk9wZW5EaXJlY3RDb252ZXJzYXRpb25SZXF1ZXN0GjAucGFybGV5LmNsaWVudC52MS5PcGVuRGlyZWN0Q29udmVyc2F0aW9uUmVzcG9uc2USbAoRTGlzdENvbnZlcnNhdGlvbnMSKi5wYXJsZXkuY2xpZW50LnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBorLnBhcmxleS5jbGllbnQudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRJXCgpHZXRIaXN0b3J5EiMucGFybGV5LmNsaWVudC52MS5HZXRIaXN0b3J5UmVxdWVzdBokLnBhcmxleS5jbGllbnQudjEuR2V0SGlzdG9yeVJlc3BvbnNlElEKCEdldFVzZXJzEiEucGFybGV5LmNsaWVudC52MS5HZXRVc2Vyc1JlcXVlc3QaIi5wYXJsZXkuY2xpZW50LnYxLkdldFVzZXJzUmVzcG9uc2USUQoITWFya1JlYWQSIS5wYXJsZXkuY2xpZW50LnYxLk1hcmtSZWFkUmVxdWVzdBoiLnBhcmxleS5jbGllbnQudjEuTWFya1JlYWRSZXNwb25zZRJRCghTZXRNdXRlZBIhLnBhcmxleS5jbGllbnQudjEuU2V0TXV0ZWRSZXF1ZXN0GiIucGFybGV5LmNsaWVudC52MS5TZXRNdXRlZFJlc3BvbnNlYgZwcm90bzM", [file_parley_client_v1_types]);
+  fileDesc("CiNwYXJsZXkvY2xpZW50L3YxL2NoYXRfc2VydmljZS5wcm90bxIQcGFybGV5LmNsaWVudC52MSJ5ChJHZXRSZWNlaXB0c1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIXCg9pbmNsdWRlX3JlYWRlcnMYAyABKAgSFQoNYWZ0ZXJfdXNlcl9pZBgEIAEoCRINCgVsaW1pdBgFIAEoDSKIAQoTR2V0UmVjZWlwdHNSZXNwb25zZRIUCgxtZW1iZXJfY291bnQYASABKA0SFwoPZGVsaXZlcmVkX2NvdW50GAIgASgNEhIKCnJlYWRfY291bnQYAyABKA0SEgoKcmVhZGVyX2lkcxgEIAMoCRIaChJuZXh0X2FmdGVyX3VzZXJfaWQYBSABKAkiNwoPTWFya1JlYWRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiJAoQTWFya1JlYWRSZXNwb25zZRIQCghyZWFkX3NlcRgBIAEoBCI5Cg9TZXRNdXRlZFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBW11dGVkGAIgASgIIhIKEFNldE11dGVkUmVzcG9uc2UiWAodT3BlbkRpcmVjdENvbnZlcnNhdGlvblJlcXVlc3QSFgoMcGVlcl91c2VyX2lkGAEgASgJSAASFwoNcGVlcl91c2VybmFtZRgCIAEoCUgAQgYKBHBlZXIiVgoeT3BlbkRpcmVjdENvbnZlcnNhdGlvblJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uIjoKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBINCgVsaW1pdBgBIAEoDRIPCgd1c2VyX2lkGAIgASgJIlIKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoNY29udmVyc2F0aW9ucxgBIAMoCzIeLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uIk8KEUdldEhpc3RvcnlSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNIloKEkdldEhpc3RvcnlSZXNwb25zZRIrCghtZXNzYWdlcxgBIAMoCzIZLnBhcmxleS5jbGllbnQudjEuTWVzc2FnZRIXCg9uZXh0X2JlZm9yZV9zZXEYAiABKAQiNgoPR2V0VXNlcnNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJEhEKCXVzZXJuYW1lcxgCIAMoCSI5ChBHZXRVc2Vyc1Jlc3BvbnNlEiUKBXVzZXJzGAEgAygLMhYucGFybGV5LmNsaWVudC52MS5Vc2VyMqYFCgtDaGF0U2VydmljZRJ7ChZPcGVuRGlyZWN0Q29udmVyc2F0aW9uEi8ucGFybGV5LmNsaWVudC52MS5PcGVuRGlyZWN0Q29udmVyc2F0aW9uUmVxdWVzdBowLnBhcmxleS5jbGllbnQudjEuT3BlbkRpcmVjdENvbnZlcnNhdGlvblJlc3BvbnNlEmwKEUxpc3RDb252ZXJzYXRpb25zEioucGFybGV5LmNsaWVudC52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaKy5wYXJsZXkuY2xpZW50LnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USVwoKR2V0SGlzdG9yeRIjLnBhcmxleS5jbGllbnQudjEuR2V0SGlzdG9yeVJlcXVlc3QaJC5wYXJsZXkuY2xpZW50LnYxLkdldEhpc3RvcnlSZXNwb25zZRJRCghHZXRVc2VycxIhLnBhcmxleS5jbGllbnQudjEuR2V0VXNlcnNSZXF1ZXN0GiIucGFybGV5LmNsaWVudC52MS5HZXRVc2Vyc1Jlc3BvbnNlElEKCE1hcmtSZWFkEiEucGFybGV5LmNsaWVudC52MS5NYXJrUmVhZFJlcXVlc3QaIi5wYXJsZXkuY2xpZW50LnYxLk1hcmtSZWFkUmVzcG9uc2USUQoIU2V0TXV0ZWQSIS5wYXJsZXkuY2xpZW50LnYxLlNldE11dGVkUmVxdWVzdBoiLnBhcmxleS5jbGllbnQudjEuU2V0TXV0ZWRSZXNwb25zZRJaCgtHZXRSZWNlaXB0cxIkLnBhcmxleS5jbGllbnQudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiUucGFybGV5LmNsaWVudC52MS5HZXRSZWNlaXB0c1Jlc3BvbnNlYgZwcm90bzM", [file_parley_client_v1_types]);
+
+/**
+ * @generated from message parley.client.v1.GetReceiptsRequest
+ */
+export type GetReceiptsRequest = Message<"parley.client.v1.GetReceiptsRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: bool include_readers = 3;
+   */
+  includeReaders: boolean;
+
+  /**
+   * @generated from field: string after_user_id = 4;
+   */
+  afterUserId: string;
+
+  /**
+   * 1..1000, default 100.
+   *
+   * @generated from field: uint32 limit = 5;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message parley.client.v1.GetReceiptsRequest.
+ * Use `create(GetReceiptsRequestSchema)` to create a new message.
+ */
+export const GetReceiptsRequestSchema: GenMessage<GetReceiptsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_chat_service, 0);
+
+/**
+ * @generated from message parley.client.v1.GetReceiptsResponse
+ */
+export type GetReceiptsResponse = Message<"parley.client.v1.GetReceiptsResponse"> & {
+  /**
+   * @generated from field: uint32 member_count = 1;
+   */
+  memberCount: number;
+
+  /**
+   * @generated from field: uint32 delivered_count = 2;
+   */
+  deliveredCount: number;
+
+  /**
+   * @generated from field: uint32 read_count = 3;
+   */
+  readCount: number;
+
+  /**
+   * When asked: who read it, by user id.
+   *
+   * @generated from field: repeated string reader_ids = 4;
+   */
+  readerIds: string[];
+
+  /**
+   * @generated from field: string next_after_user_id = 5;
+   */
+  nextAfterUserId: string;
+};
+
+/**
+ * Describes the message parley.client.v1.GetReceiptsResponse.
+ * Use `create(GetReceiptsResponseSchema)` to create a new message.
+ */
+export const GetReceiptsResponseSchema: GenMessage<GetReceiptsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_chat_service, 1);
 
 /**
  * @generated from message parley.client.v1.MarkReadRequest
@@ -34,7 +112,7 @@ export type MarkReadRequest = Message<"parley.client.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 0);
+  messageDesc(file_parley_client_v1_chat_service, 2);
 
 /**
  * @generated from message parley.client.v1.MarkReadResponse
@@ -53,7 +131,7 @@ export type MarkReadResponse = Message<"parley.client.v1.MarkReadResponse"> & {
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 1);
+  messageDesc(file_parley_client_v1_chat_service, 3);
 
 /**
  * @generated from message parley.client.v1.SetMutedRequest
@@ -75,7 +153,7 @@ export type SetMutedRequest = Message<"parley.client.v1.SetMutedRequest"> & {
  * Use `create(SetMutedRequestSchema)` to create a new message.
  */
 export const SetMutedRequestSchema: GenMessage<SetMutedRequest> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 2);
+  messageDesc(file_parley_client_v1_chat_service, 4);
 
 /**
  * @generated from message parley.client.v1.SetMutedResponse
@@ -88,7 +166,7 @@ export type SetMutedResponse = Message<"parley.client.v1.SetMutedResponse"> & {
  * Use `create(SetMutedResponseSchema)` to create a new message.
  */
 export const SetMutedResponseSchema: GenMessage<SetMutedResponse> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 3);
+  messageDesc(file_parley_client_v1_chat_service, 5);
 
 /**
  * @generated from message parley.client.v1.OpenDirectConversationRequest
@@ -119,7 +197,7 @@ export type OpenDirectConversationRequest = Message<"parley.client.v1.OpenDirect
  * Use `create(OpenDirectConversationRequestSchema)` to create a new message.
  */
 export const OpenDirectConversationRequestSchema: GenMessage<OpenDirectConversationRequest> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 4);
+  messageDesc(file_parley_client_v1_chat_service, 6);
 
 /**
  * @generated from message parley.client.v1.OpenDirectConversationResponse
@@ -136,7 +214,7 @@ export type OpenDirectConversationResponse = Message<"parley.client.v1.OpenDirec
  * Use `create(OpenDirectConversationResponseSchema)` to create a new message.
  */
 export const OpenDirectConversationResponseSchema: GenMessage<OpenDirectConversationResponse> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 5);
+  messageDesc(file_parley_client_v1_chat_service, 7);
 
 /**
  * @generated from message parley.client.v1.ListConversationsRequest
@@ -162,7 +240,7 @@ export type ListConversationsRequest = Message<"parley.client.v1.ListConversatio
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 6);
+  messageDesc(file_parley_client_v1_chat_service, 8);
 
 /**
  * @generated from message parley.client.v1.ListConversationsResponse
@@ -179,7 +257,7 @@ export type ListConversationsResponse = Message<"parley.client.v1.ListConversati
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 7);
+  messageDesc(file_parley_client_v1_chat_service, 9);
 
 /**
  * @generated from message parley.client.v1.GetHistoryRequest
@@ -210,7 +288,7 @@ export type GetHistoryRequest = Message<"parley.client.v1.GetHistoryRequest"> & 
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 8);
+  messageDesc(file_parley_client_v1_chat_service, 10);
 
 /**
  * @generated from message parley.client.v1.GetHistoryResponse
@@ -236,7 +314,7 @@ export type GetHistoryResponse = Message<"parley.client.v1.GetHistoryResponse"> 
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 9);
+  messageDesc(file_parley_client_v1_chat_service, 11);
 
 /**
  * @generated from message parley.client.v1.GetUsersRequest
@@ -258,7 +336,7 @@ export type GetUsersRequest = Message<"parley.client.v1.GetUsersRequest"> & {
  * Use `create(GetUsersRequestSchema)` to create a new message.
  */
 export const GetUsersRequestSchema: GenMessage<GetUsersRequest> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 10);
+  messageDesc(file_parley_client_v1_chat_service, 12);
 
 /**
  * @generated from message parley.client.v1.GetUsersResponse
@@ -275,7 +353,7 @@ export type GetUsersResponse = Message<"parley.client.v1.GetUsersResponse"> & {
  * Use `create(GetUsersResponseSchema)` to create a new message.
  */
 export const GetUsersResponseSchema: GenMessage<GetUsersResponse> = /*@__PURE__*/
-  messageDesc(file_parley_client_v1_chat_service, 11);
+  messageDesc(file_parley_client_v1_chat_service, 13);
 
 /**
  * Public conversation API, served by the gateway over Connect. Needs
@@ -345,6 +423,17 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof SetMutedRequestSchema;
     output: typeof SetMutedResponseSchema;
+  },
+  /**
+   * "Read by N of M": for one message, how many members received and read it, and on
+   * request who read it. Members only.
+   *
+   * @generated from rpc parley.client.v1.ChatService.GetReceipts
+   */
+  getReceipts: {
+    methodKind: "unary";
+    input: typeof GetReceiptsRequestSchema;
+    output: typeof GetReceiptsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_client_v1_chat_service, 0);

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/client/v1/frames.proto.
  */
 export const file_parley_client_v1_frames: GenFile = /*@__PURE__*/
-  fileDesc("Ch1wYXJsZXkvY2xpZW50L3YxL2ZyYW1lcy5wcm90bxIQcGFybGV5LmNsaWVudC52MSLLAgoLQ2xpZW50RnJhbWUSCwoDcmVmGAEgASgNEi0KBHNlbmQYCiABKAsyHS5wYXJsZXkuY2xpZW50LnYxLlNlbmRNZXNzYWdlSAASJgoEcGluZxgLIAEoCzIWLnBhcmxleS5jbGllbnQudjEuUGluZ0gAEioKBnJlc3VtZRgMIAEoCzIYLnBhcmxleS5jbGllbnQudjEuUmVzdW1lSAASKgoGdHlwaW5nGA0gASgLMhgucGFybGV5LmNsaWVudC52MS5UeXBpbmdIABJBChJzdWJzY3JpYmVfcHJlc2VuY2UYDiABKAsyIy5wYXJsZXkuY2xpZW50LnYxLlN1YnNjcmliZVByZXNlbmNlSAASNQoMc2V0X3ByZXNlbmNlGA8gASgLMh0ucGFybGV5LmNsaWVudC52MS5TZXRQcmVzZW5jZUgAQgYKBGtpbmQikQMKC1NlcnZlckZyYW1lEgsKA3JlZhgBIAEoDRIoCgVoZWxsbxgKIAEoCzIXLnBhcmxleS5jbGllbnQudjEuSGVsbG9IABIoCgNhY2sYCyABKAsyGS5wYXJsZXkuY2xpZW50LnYxLlNlbmRBY2tIABIsCgdtZXNzYWdlGAwgASgLMhkucGFybGV5LmNsaWVudC52MS5NZXNzYWdlSAASKAoFZXJyb3IYDSABKAsyFy5wYXJsZXkuY2xpZW50LnYxLkVycm9ySAASJgoEcG9uZxgOIAEoCzIWLnBhcmxleS5jbGllbnQudjEuUG9uZ0gAEjMKC3Jlc3VtZV9kb25lGA8gASgLMhwucGFybGV5LmNsaWVudC52MS5SZXN1bWVEb25lSAASLwoGdHlwaW5nGBAgASgLMh0ucGFybGV5LmNsaWVudC52MS5UeXBpbmdFdmVudEgAEjMKCHByZXNlbmNlGBEgASgLMh8ucGFybGV5LmNsaWVudC52MS5QcmVzZW5jZUV2ZW50SABCBgoEa2luZCJLCgtTZW5kTWVzc2FnZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIMCgRib2R5GAMgASgJIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiigEKBUhlbGxvEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSEgoKZ2F0ZXdheV9pZBgEIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBSABKA0SHAoUaWRsZV90aW1lb3V0X3NlY29uZHMYBiABKA0imgEKB1NlbmRBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEhIKCm1lc3NhZ2VfaWQYBCABKAkSKwoHc2VudF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZHVwbGljYXRlGAYgASgIIm0KBUVycm9yEikKBGNvZGUYASABKA4yGy5wYXJsZXkuY2xpZW50LnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBIVCg1jbGllbnRfbXNnX2lkGAQgASgJIkYKBFBvbmcSDQoFbm9uY2UYASABKAQSLwoLc2VydmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlUKBlJlc3VtZRI1CgdjdXJzb3JzGAEgAygLMiQucGFybGV5LmNsaWVudC52MS5Db252ZXJzYXRpb25DdXJzb3ISFAoMbWF4X21lc3NhZ2VzGAIgASgNIjoKEkNvbnZlcnNhdGlvbkN1cnNvchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEIkcKClJlc3VtZURvbmUSEAoIY29tcGxldGUYASABKAgSEAoIbWVzc2FnZXMYAiABKA0SFQoNY29udmVyc2F0aW9ucxgDIAEoDSIyCgZUeXBpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3N0b3BwZWQYAiABKAgicgoLVHlwaW5nRXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEg8KB3N0b3BwZWQYBCABKAgSFQoNZXhwaXJlc19pbl9tcxgFIAEoDSJCChFTdWJzY3JpYmVQcmVzZW5jZRIUCgxhZGRfdXNlcl9pZHMYASADKAkSFwoPcmVtb3ZlX3VzZXJfaWRzGAIgAygJIj0KC1NldFByZXNlbmNlEi4KBXN0YXRlGAEgASgOMh8ucGFybGV5LmNsaWVudC52MS5QcmVzZW5jZVN0YXRlIoIBCg1QcmVzZW5jZUV2ZW50Eg8KB3VzZXJfaWQYASABKAkSLgoFc3RhdGUYAiABKA4yHy5wYXJsZXkuY2xpZW50LnYxLlByZXNlbmNlU3RhdGUSMAoMbGFzdF9zZWVuX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCrzAgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIeChpFUlJPUl9DT0RFX01BTEZPUk1FRF9GUkFNRRABEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRACEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAMSHwobRVJST1JfQ09ERV9JTlZBTElEX0FSR1VNRU5UEAQSIAocRVJST1JfQ09ERV9QRVJNSVNTSU9OX0RFTklFRBAFEhgKFEVSUk9SX0NPREVfTk9UX0ZPVU5EEAYSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQBxIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEAgSFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAJEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAoSHQoZRVJST1JfQ09ERV9MSU1JVF9FWENFRURFRBALKn8KDVByZXNlbmNlU3RhdGUSHgoaUFJFU0VOQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVQUkVTRU5DRV9TVEFURV9PTkxJTkUQARIXChNQUkVTRU5DRV9TVEFURV9BV0FZEAISGgoWUFJFU0VOQ0VfU1RBVEVfT0ZGTElORRADYgZwcm90bzM", [file_google_protobuf_timestamp, file_parley_client_v1_types]);
+  fileDesc("Ch1wYXJsZXkvY2xpZW50L3YxL2ZyYW1lcy5wcm90bxIQcGFybGV5LmNsaWVudC52MSL5AgoLQ2xpZW50RnJhbWUSCwoDcmVmGAEgASgNEi0KBHNlbmQYCiABKAsyHS5wYXJsZXkuY2xpZW50LnYxLlNlbmRNZXNzYWdlSAASJgoEcGluZxgLIAEoCzIWLnBhcmxleS5jbGllbnQudjEuUGluZ0gAEioKBnJlc3VtZRgMIAEoCzIYLnBhcmxleS5jbGllbnQudjEuUmVzdW1lSAASKgoGdHlwaW5nGA0gASgLMhgucGFybGV5LmNsaWVudC52MS5UeXBpbmdIABJBChJzdWJzY3JpYmVfcHJlc2VuY2UYDiABKAsyIy5wYXJsZXkuY2xpZW50LnYxLlN1YnNjcmliZVByZXNlbmNlSAASNQoMc2V0X3ByZXNlbmNlGA8gASgLMh0ucGFybGV5LmNsaWVudC52MS5TZXRQcmVzZW5jZUgAEiwKB3JlY2VpcHQYECABKAsyGS5wYXJsZXkuY2xpZW50LnYxLlJlY2VpcHRIAEIGCgRraW5kIsQDCgtTZXJ2ZXJGcmFtZRILCgNyZWYYASABKA0SKAoFaGVsbG8YCiABKAsyFy5wYXJsZXkuY2xpZW50LnYxLkhlbGxvSAASKAoDYWNrGAsgASgLMhkucGFybGV5LmNsaWVudC52MS5TZW5kQWNrSAASLAoHbWVzc2FnZRgMIAEoCzIZLnBhcmxleS5jbGllbnQudjEuTWVzc2FnZUgAEigKBWVycm9yGA0gASgLMhcucGFybGV5LmNsaWVudC52MS5FcnJvckgAEiYKBHBvbmcYDiABKAsyFi5wYXJsZXkuY2xpZW50LnYxLlBvbmdIABIzCgtyZXN1bWVfZG9uZRgPIAEoCzIcLnBhcmxleS5jbGllbnQudjEuUmVzdW1lRG9uZUgAEi8KBnR5cGluZxgQIAEoCzIdLnBhcmxleS5jbGllbnQudjEuVHlwaW5nRXZlbnRIABIzCghwcmVzZW5jZRgRIAEoCzIfLnBhcmxleS5jbGllbnQudjEuUHJlc2VuY2VFdmVudEgAEjEKB3JlY2VpcHQYEiABKAsyHi5wYXJsZXkuY2xpZW50LnYxLlJlY2VpcHRFdmVudEgAQgYKBGtpbmQiSwoLU2VuZE1lc3NhZ2USFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEYm9keRgDIAEoCSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIooBCgVIZWxsbxIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRISCgpzZXNzaW9uX2lkGAMgASgJEhIKCmdhdGV3YXlfaWQYBCABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAUgASgNEhwKFGlkbGVfdGltZW91dF9zZWNvbmRzGAYgASgNIpoBCgdTZW5kQWNrEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBISCgptZXNzYWdlX2lkGAQgASgJEisKB3NlbnRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWR1cGxpY2F0ZRgGIAEoCCJtCgVFcnJvchIpCgRjb2RlGAEgASgOMhsucGFybGV5LmNsaWVudC52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCRIRCglyZXRyeWFibGUYAyABKAgSFQoNY2xpZW50X21zZ19pZBgEIAEoCSJGCgRQb25nEg0KBW5vbmNlGAEgASgEEi8KC3NlcnZlcl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCgZSZXN1bWUSNQoHY3Vyc29ycxgBIAMoCzIkLnBhcmxleS5jbGllbnQudjEuQ29udmVyc2F0aW9uQ3Vyc29yEhQKDG1heF9tZXNzYWdlcxgCIAEoDSI6ChJDb252ZXJzYXRpb25DdXJzb3ISFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBCJHCgpSZXN1bWVEb25lEhAKCGNvbXBsZXRlGAEgASgIEhAKCG1lc3NhZ2VzGAIgASgNEhUKDWNvbnZlcnNhdGlvbnMYAyABKA0iMgoGVHlwaW5nEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdzdG9wcGVkGAIgASgIInIKC1R5cGluZ0V2ZW50EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCWRldmljZV9pZBgDIAEoCRIPCgdzdG9wcGVkGAQgASgIEhUKDWV4cGlyZXNfaW5fbXMYBSABKA0iQgoRU3Vic2NyaWJlUHJlc2VuY2USFAoMYWRkX3VzZXJfaWRzGAEgAygJEhcKD3JlbW92ZV91c2VyX2lkcxgCIAMoCSI9CgtTZXRQcmVzZW5jZRIuCgVzdGF0ZRgBIAEoDjIfLnBhcmxleS5jbGllbnQudjEuUHJlc2VuY2VTdGF0ZSKCAQoNUHJlc2VuY2VFdmVudBIPCgd1c2VyX2lkGAEgASgJEi4KBXN0YXRlGAIgASgOMh8ucGFybGV5LmNsaWVudC52MS5QcmVzZW5jZVN0YXRlEjAKDGxhc3Rfc2Vlbl9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoHUmVjZWlwdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFQoNZGVsaXZlcmVkX3NlcRgCIAEoBBIQCghyZWFkX3NlcRgDIAEoBCJ0CgxSZWNlaXB0RXZlbnQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEhUKDWRlbGl2ZXJlZF9zZXEYBCABKAQSEAoIcmVhZF9zZXEYBSABKAQq8wIKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASHgoaRVJST1JfQ09ERV9NQUxGT1JNRURfRlJBTUUQARIcChhFUlJPUl9DT0RFX1VOS05PV05fRlJBTUUQAhIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRADEh8KG0VSUk9SX0NPREVfSU5WQUxJRF9BUkdVTUVOVBAEEiAKHEVSUk9SX0NPREVfUEVSTUlTU0lPTl9ERU5JRUQQBRIYChRFUlJPUl9DT0RFX05PVF9GT1VORBAGEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEAcSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAIEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQCRIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAKEh0KGUVSUk9SX0NPREVfTElNSVRfRVhDRUVERUQQCyp/Cg1QcmVzZW5jZVN0YXRlEh4KGlBSRVNFTkNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVUFJFU0VOQ0VfU1RBVEVfT05MSU5FEAESFwoTUFJFU0VOQ0VfU1RBVEVfQVdBWRACEhoKFlBSRVNFTkNFX1NUQVRFX09GRkxJTkUQA2IGcHJvdG8z", [file_google_protobuf_timestamp, file_parley_client_v1_types]);
 
 /**
  * The WebSocket protocol. Binary frames carry a ClientFrame/ServerFrame in the
@@ -73,6 +73,12 @@ export type ClientFrame = Message<"parley.client.v1.ClientFrame"> & {
      */
     value: SetPresence;
     case: "setPresence";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.Receipt receipt = 16;
+     */
+    value: Receipt;
+    case: "receipt";
   } | { case: undefined; value?: undefined };
 };
 
@@ -145,6 +151,12 @@ export type ServerFrame = Message<"parley.client.v1.ServerFrame"> & {
      */
     value: PresenceEvent;
     case: "presence";
+  } | {
+    /**
+     * @generated from field: parley.client.v1.ReceiptEvent receipt = 18;
+     */
+    value: ReceiptEvent;
+    case: "receipt";
   } | { case: undefined; value?: undefined };
 };
 
@@ -581,6 +593,84 @@ export type PresenceEvent = Message<"parley.client.v1.PresenceEvent"> & {
  */
 export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
   messageDesc(file_parley_client_v1_frames, 15);
+
+/**
+ * This device has received (delivered_seq) and/or its user has read (read_seq) every
+ * message of the conversation up to these sequence numbers (0: not reported). Cursors
+ * only move forward and never past the conversation's newest message: a lower or larger
+ * value is ignored or cut (no error). The gateway coalesces receipts and stores them
+ * every half second or so.
+ *
+ * @generated from message parley.client.v1.Receipt
+ */
+export type Receipt = Message<"parley.client.v1.Receipt"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 delivered_seq = 2;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * @generated from field: uint64 read_seq = 3;
+   */
+  readSeq: bigint;
+};
+
+/**
+ * Describes the message parley.client.v1.Receipt.
+ * Use `create(ReceiptSchema)` to create a new message.
+ */
+export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 16);
+
+/**
+ * A cursor moved. Sent to the user's other devices (read: clear unread there) and to the
+ * senders of the messages it covers: in 1:1 conversations and in groups of up to 100
+ * members; in larger groups senders ask ChatService.GetReceipts.
+ *
+ * @generated from message parley.client.v1.ReceiptEvent
+ */
+export type ReceiptEvent = Message<"parley.client.v1.ReceiptEvent"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The device that received (for delivered_seq).
+   *
+   * @generated from field: string device_id = 3;
+   */
+  deviceId: string;
+
+  /**
+   * 0 when unchanged.
+   *
+   * @generated from field: uint64 delivered_seq = 4;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * @generated from field: uint64 read_seq = 5;
+   */
+  readSeq: bigint;
+};
+
+/**
+ * Describes the message parley.client.v1.ReceiptEvent.
+ * Use `create(ReceiptEventSchema)` to create a new message.
+ */
+export const ReceiptEventSchema: GenMessage<ReceiptEvent> = /*@__PURE__*/
+  messageDesc(file_parley_client_v1_frames, 17);
 
 /**
  * Error codes of error frames. Codes marked retryable may succeed when the same

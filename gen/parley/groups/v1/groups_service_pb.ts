@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/groups/v1/groups_service.proto.
  */
 export const file_parley_groups_v1_groups_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvZ3JvdXBzL3YxL2dyb3Vwc19zZXJ2aWNlLnByb3RvEhBwYXJsZXkuZ3JvdXBzLnYxIo8CCgxDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEjAKBGtpbmQYAiABKA4yIi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbktpbmQSEgoKbWVtYmVyX2lkcxgDIAMoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAUgASgEEgwKBG5hbWUYBiABKAkSDQoFdG9waWMYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIUCgxtZW1iZXJfY291bnQYCSABKA0SGAoQYmxvY2tlZF91c2VyX2lkcxgKIAMoCSLPAQoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnBhcmxleS5ncm91cHMudjEuUm9sZRIsCgVzdGF0ZRgDIAEoDjIdLnBhcmxleS5ncm91cHMudjEuTWVtYmVyU3RhdGUSLQoJam9pbmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghsZWZ0X3NlcRgFIAEoBBIQCghyZWFkX3NlcRgGIAEoBBINCgVtdXRlZBgHIAEoCCJNCiRHZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxwZWVyX3VzZXJfaWQYAiABKAkibgolR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXNwb25zZRI0Cgxjb252ZXJzYXRpb24YASABKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbhIPCgdjcmVhdGVkGAIgASgIIjEKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uIkAKE0NoZWNrTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJImYKFENoZWNrTWVtYmVyc1Jlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEhgKEGFsbG93ZWRfdXNlcl9pZHMYAiADKAkiQAoUR2V0TWVtYmVyc2hpcFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkidwoVR2V0TWVtYmVyc2hpcFJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEigKBm1lbWJlchgCIAEoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyIi8KHExpc3RVc2VyQ29udmVyc2F0aW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJyChBVc2VyQ29udmVyc2F0aW9uEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEigKBm1lbWJlchgCIAEoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyIloKHUxpc3RVc2VyQ29udmVyc2F0aW9uc1Jlc3BvbnNlEjkKDWNvbnZlcnNhdGlvbnMYASADKAsyIi5wYXJsZXkuZ3JvdXBzLnYxLlVzZXJDb252ZXJzYXRpb24iKwoXTGlzdFVzZXJHcm91cElkc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkiOQoMVXNlckdyb3VwSWRzEg8KB3VzZXJfaWQYASABKAkSGAoQY29udmVyc2F0aW9uX2lkcxgCIAMoCSJJChhMaXN0VXNlckdyb3VwSWRzUmVzcG9uc2USLQoFdXNlcnMYASADKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLlVzZXJHcm91cElkcyJXChJDcmVhdGVHcm91cFJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgV0b3BpYxgDIAEoCRISCgptZW1iZXJfaWRzGAQgAygJIksKE0NyZWF0ZUdyb3VwUmVzcG9uc2USNAoMY29udmVyc2F0aW9uGAEgASgLMh4ucGFybGV5Lmdyb3Vwcy52MS5Db252ZXJzYXRpb24ieQoSVXBkYXRlR3JvdXBSZXF1ZXN0EhAKCGFjdG9yX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESEgoFdG9waWMYBCABKAlIAYgBAUIHCgVfbmFtZUIICgZfdG9waWMiSwoTVXBkYXRlR3JvdXBSZXNwb25zZRI0Cgxjb252ZXJzYXRpb24YASABKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbiI/ChJEZWxldGVHcm91cFJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJIhUKE0RlbGV0ZUdyb3VwUmVzcG9uc2UiZQoSTGlzdE1lbWJlcnNSZXF1ZXN0EhAKCGFjdG9yX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIVCg1hZnRlcl91c2VyX2lkGAMgASgJEg0KBWxpbWl0GAQgASgNIlwKE0xpc3RNZW1iZXJzUmVzcG9uc2USKQoHbWVtYmVycxgBIAMoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyEhoKEm5leHRfYWZ0ZXJfdXNlcl9pZBgCIAEoCSJQChFBZGRNZW1iZXJzUmVxdWVzdBIQCghhY3Rvcl9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEAoIdXNlcl9pZHMYAyADKAkiSgoSQWRkTWVtYmVyc1Jlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uIlEKE1JlbW92ZU1lbWJlclJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkiFgoUUmVtb3ZlTWVtYmVyUmVzcG9uc2UieAoUU2V0TWVtYmVyUm9sZVJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJAoEcm9sZRgEIAEoDjIWLnBhcmxleS5ncm91cHMudjEuUm9sZSIXChVTZXRNZW1iZXJSb2xlUmVzcG9uc2UiSgoPU2V0TXV0ZWRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg0KBW11dGVkGAMgASgIIhIKEFNldE11dGVkUmVzcG9uc2UiQwoKUmVhZEN1cnNvchIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQiSgoZQWR2YW5jZVJlYWRDdXJzb3JzUmVxdWVzdBItCgdjdXJzb3JzGAEgAygLMhwucGFybGV5Lmdyb3Vwcy52MS5SZWFkQ3Vyc29yIhwKGkFkdmFuY2VSZWFkQ3Vyc29yc1Jlc3BvbnNlIjwKEEJsb2NrVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIXCg9ibG9ja2VkX3VzZXJfaWQYAiABKAkiEwoRQmxvY2tVc2VyUmVzcG9uc2UiPgoSVW5ibG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPYmxvY2tlZF91c2VyX2lkGAIgASgJIhUKE1VuYmxvY2tVc2VyUmVzcG9uc2UiKgoXTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIsChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkqcAoQQ29udmVyc2F0aW9uS2luZBIhCh1DT05WRVJTQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhwKGENPTlZFUlNBVElPTl9LSU5EX0RJUkVDVBABEhsKF0NPTlZFUlNBVElPTl9LSU5EX0dST1VQEAIqTQoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9NRU1CRVIQARIOCgpST0xFX0FETUlOEAISDgoKUk9MRV9PV05FUhADKlsKC01lbWJlclN0YXRlEhwKGE1FTUJFUl9TVEFURV9VTlNQRUNJRklFRBAAEhcKE01FTUJFUl9TVEFURV9BQ1RJVkUQARIVChFNRU1CRVJfU1RBVEVfTEVGVBACMpsOCg1Hcm91cHNTZXJ2aWNlEpABCh1HZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvbhI2LnBhcmxleS5ncm91cHMudjEuR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXF1ZXN0GjcucGFybGV5Lmdyb3Vwcy52MS5HZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvblJlc3BvbnNlEmYKD0dldENvbnZlcnNhdGlvbhIoLnBhcmxleS5ncm91cHMudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBopLnBhcmxleS5ncm91cHMudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USXQoMQ2hlY2tNZW1iZXJzEiUucGFybGV5Lmdyb3Vwcy52MS5DaGVja01lbWJlcnNSZXF1ZXN0GiYucGFybGV5Lmdyb3Vwcy52MS5DaGVja01lbWJlcnNSZXNwb25zZRJgCg1HZXRNZW1iZXJzaGlwEiYucGFybGV5Lmdyb3Vwcy52MS5HZXRNZW1iZXJzaGlwUmVxdWVzdBonLnBhcmxleS5ncm91cHMudjEuR2V0TWVtYmVyc2hpcFJlc3BvbnNlEngKFUxpc3RVc2VyQ29udmVyc2F0aW9ucxIuLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJDb252ZXJzYXRpb25zUmVxdWVzdBovLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJDb252ZXJzYXRpb25zUmVzcG9uc2USaQoQTGlzdFVzZXJHcm91cElkcxIpLnBhcmxleS5ncm91cHMudjEuTGlzdFVzZXJHcm91cElkc1JlcXVlc3QaKi5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RVc2VyR3JvdXBJZHNSZXNwb25zZRJaCgtDcmVhdGVHcm91cBIkLnBhcmxleS5ncm91cHMudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0GiUucGFybGV5Lmdyb3Vwcy52MS5DcmVhdGVHcm91cFJlc3BvbnNlEloKC1VwZGF0ZUdyb3VwEiQucGFybGV5Lmdyb3Vwcy52MS5VcGRhdGVHcm91cFJlcXVlc3QaJS5wYXJsZXkuZ3JvdXBzLnYxLlVwZGF0ZUdyb3VwUmVzcG9uc2USWgoLRGVsZXRlR3JvdXASJC5wYXJsZXkuZ3JvdXBzLnYxLkRlbGV0ZUdyb3VwUmVxdWVzdBolLnBhcmxleS5ncm91cHMudjEuRGVsZXRlR3JvdXBSZXNwb25zZRJaCgtMaXN0TWVtYmVycxIkLnBhcmxleS5ncm91cHMudjEuTGlzdE1lbWJlcnNSZXF1ZXN0GiUucGFybGV5Lmdyb3Vwcy52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlElcKCkFkZE1lbWJlcnMSIy5wYXJsZXkuZ3JvdXBzLnYxLkFkZE1lbWJlcnNSZXF1ZXN0GiQucGFybGV5Lmdyb3Vwcy52MS5BZGRNZW1iZXJzUmVzcG9uc2USXQoMUmVtb3ZlTWVtYmVyEiUucGFybGV5Lmdyb3Vwcy52MS5SZW1vdmVNZW1iZXJSZXF1ZXN0GiYucGFybGV5Lmdyb3Vwcy52MS5SZW1vdmVNZW1iZXJSZXNwb25zZRJgCg1TZXRNZW1iZXJSb2xlEiYucGFybGV5Lmdyb3Vwcy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBonLnBhcmxleS5ncm91cHMudjEuU2V0TWVtYmVyUm9sZVJlc3BvbnNlElEKCFNldE11dGVkEiEucGFybGV5Lmdyb3Vwcy52MS5TZXRNdXRlZFJlcXVlc3QaIi5wYXJsZXkuZ3JvdXBzLnYxLlNldE11dGVkUmVzcG9uc2USbwoSQWR2YW5jZVJlYWRDdXJzb3JzEisucGFybGV5Lmdyb3Vwcy52MS5BZHZhbmNlUmVhZEN1cnNvcnNSZXF1ZXN0GiwucGFybGV5Lmdyb3Vwcy52MS5BZHZhbmNlUmVhZEN1cnNvcnNSZXNwb25zZRJUCglCbG9ja1VzZXISIi5wYXJsZXkuZ3JvdXBzLnYxLkJsb2NrVXNlclJlcXVlc3QaIy5wYXJsZXkuZ3JvdXBzLnYxLkJsb2NrVXNlclJlc3BvbnNlEloKC1VuYmxvY2tVc2VyEiQucGFybGV5Lmdyb3Vwcy52MS5VbmJsb2NrVXNlclJlcXVlc3QaJS5wYXJsZXkuZ3JvdXBzLnYxLlVuYmxvY2tVc2VyUmVzcG9uc2USaQoQTGlzdEJsb2NrZWRVc2VycxIpLnBhcmxleS5ncm91cHMudjEuTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QaKi5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RCbG9ja2VkVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiVwYXJsZXkvZ3JvdXBzL3YxL2dyb3Vwc19zZXJ2aWNlLnByb3RvEhBwYXJsZXkuZ3JvdXBzLnYxIo8CCgxDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEjAKBGtpbmQYAiABKA4yIi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbktpbmQSEgoKbWVtYmVyX2lkcxgDIAMoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGAUgASgEEgwKBG5hbWUYBiABKAkSDQoFdG9waWMYByABKAkSEgoKY3JlYXRlZF9ieRgIIAEoCRIUCgxtZW1iZXJfY291bnQYCSABKA0SGAoQYmxvY2tlZF91c2VyX2lkcxgKIAMoCSLPAQoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSJAoEcm9sZRgCIAEoDjIWLnBhcmxleS5ncm91cHMudjEuUm9sZRIsCgVzdGF0ZRgDIAEoDjIdLnBhcmxleS5ncm91cHMudjEuTWVtYmVyU3RhdGUSLQoJam9pbmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghsZWZ0X3NlcRgFIAEoBBIQCghyZWFkX3NlcRgGIAEoBBINCgVtdXRlZBgHIAEoCCJNCiRHZXRPckNyZWF0ZURpcmVjdENvbnZlcnNhdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIUCgxwZWVyX3VzZXJfaWQYAiABKAkibgolR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXNwb25zZRI0Cgxjb252ZXJzYXRpb24YASABKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbhIPCgdjcmVhdGVkGAIgASgIIjEKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk8KF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uIkAKE0NoZWNrTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJImYKFENoZWNrTWVtYmVyc1Jlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEhgKEGFsbG93ZWRfdXNlcl9pZHMYAiADKAkiQAoUR2V0TWVtYmVyc2hpcFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkidwoVR2V0TWVtYmVyc2hpcFJlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEigKBm1lbWJlchgCIAEoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyIi8KHExpc3RVc2VyQ29udmVyc2F0aW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJyChBVc2VyQ29udmVyc2F0aW9uEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uEigKBm1lbWJlchgCIAEoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyIloKHUxpc3RVc2VyQ29udmVyc2F0aW9uc1Jlc3BvbnNlEjkKDWNvbnZlcnNhdGlvbnMYASADKAsyIi5wYXJsZXkuZ3JvdXBzLnYxLlVzZXJDb252ZXJzYXRpb24iKwoXTGlzdFVzZXJHcm91cElkc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkiOQoMVXNlckdyb3VwSWRzEg8KB3VzZXJfaWQYASABKAkSGAoQY29udmVyc2F0aW9uX2lkcxgCIAMoCSJJChhMaXN0VXNlckdyb3VwSWRzUmVzcG9uc2USLQoFdXNlcnMYASADKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLlVzZXJHcm91cElkcyJXChJDcmVhdGVHcm91cFJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSDAoEbmFtZRgCIAEoCRINCgV0b3BpYxgDIAEoCRISCgptZW1iZXJfaWRzGAQgAygJIksKE0NyZWF0ZUdyb3VwUmVzcG9uc2USNAoMY29udmVyc2F0aW9uGAEgASgLMh4ucGFybGV5Lmdyb3Vwcy52MS5Db252ZXJzYXRpb24ieQoSVXBkYXRlR3JvdXBSZXF1ZXN0EhAKCGFjdG9yX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCgRuYW1lGAMgASgJSACIAQESEgoFdG9waWMYBCABKAlIAYgBAUIHCgVfbmFtZUIICgZfdG9waWMiSwoTVXBkYXRlR3JvdXBSZXNwb25zZRI0Cgxjb252ZXJzYXRpb24YASABKAsyHi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbiI/ChJEZWxldGVHcm91cFJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJIhUKE0RlbGV0ZUdyb3VwUmVzcG9uc2UiZQoSTGlzdE1lbWJlcnNSZXF1ZXN0EhAKCGFjdG9yX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIVCg1hZnRlcl91c2VyX2lkGAMgASgJEg0KBWxpbWl0GAQgASgNIlwKE0xpc3RNZW1iZXJzUmVzcG9uc2USKQoHbWVtYmVycxgBIAMoCzIYLnBhcmxleS5ncm91cHMudjEuTWVtYmVyEhoKEm5leHRfYWZ0ZXJfdXNlcl9pZBgCIAEoCSJQChFBZGRNZW1iZXJzUmVxdWVzdBIQCghhY3Rvcl9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEAoIdXNlcl9pZHMYAyADKAkiSgoSQWRkTWVtYmVyc1Jlc3BvbnNlEjQKDGNvbnZlcnNhdGlvbhgBIAEoCzIeLnBhcmxleS5ncm91cHMudjEuQ29udmVyc2F0aW9uIlEKE1JlbW92ZU1lbWJlclJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkiFgoUUmVtb3ZlTWVtYmVyUmVzcG9uc2UieAoUU2V0TWVtYmVyUm9sZVJlcXVlc3QSEAoIYWN0b3JfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSJAoEcm9sZRgEIAEoDjIWLnBhcmxleS5ncm91cHMudjEuUm9sZSIXChVTZXRNZW1iZXJSb2xlUmVzcG9uc2UiSgoPU2V0TXV0ZWRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEg0KBW11dGVkGAMgASgIIhIKEFNldE11dGVkUmVzcG9uc2UiQwoKUmVhZEN1cnNvchIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQiSgoZQWR2YW5jZVJlYWRDdXJzb3JzUmVxdWVzdBItCgdjdXJzb3JzGAEgAygLMhwucGFybGV5Lmdyb3Vwcy52MS5SZWFkQ3Vyc29yIhwKGkFkdmFuY2VSZWFkQ3Vyc29yc1Jlc3BvbnNlIjwKEEJsb2NrVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIXCg9ibG9ja2VkX3VzZXJfaWQYAiABKAkiEwoRQmxvY2tVc2VyUmVzcG9uc2UiPgoSVW5ibG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFwoPYmxvY2tlZF91c2VyX2lkGAIgASgJIhUKE1VuYmxvY2tVc2VyUmVzcG9uc2UiKgoXTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIsChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkihQEKDERldmljZUN1cnNvchIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSFQoNZGVsaXZlcmVkX3NlcRgEIAEoBBIQCghyZWFkX3NlcRgFIAEoBBIPCgdtYXhfc2VxGAYgASgEIkgKFUFkdmFuY2VDdXJzb3JzUmVxdWVzdBIvCgdjdXJzb3JzGAEgAygLMh4ucGFybGV5Lmdyb3Vwcy52MS5EZXZpY2VDdXJzb3Ii9wEKCkN1cnNvck1vdmUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEjAKBGtpbmQYBCABKA4yIi5wYXJsZXkuZ3JvdXBzLnYxLkNvbnZlcnNhdGlvbktpbmQSEgoKbWVtYmVyX2lkcxgFIAMoCRIUCgxtZW1iZXJfY291bnQYBiABKA0SFgoOZGVsaXZlcmVkX2Zyb20YByABKAQSFAoMZGVsaXZlcmVkX3RvGAggASgEEhEKCXJlYWRfZnJvbRgJIAEoBBIPCgdyZWFkX3RvGAogASgEIkUKFkFkdmFuY2VDdXJzb3JzUmVzcG9uc2USKwoFbW92ZXMYASADKAsyHC5wYXJsZXkuZ3JvdXBzLnYxLkN1cnNvck1vdmUieQoSR2V0UmVjZWlwdHNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFwoPaW5jbHVkZV9yZWFkZXJzGAMgASgIEhUKDWFmdGVyX3VzZXJfaWQYBCABKAkSDQoFbGltaXQYBSABKA0iiAEKE0dldFJlY2VpcHRzUmVzcG9uc2USFAoMbWVtYmVyX2NvdW50GAEgASgNEhcKD2RlbGl2ZXJlZF9jb3VudBgCIAEoDRISCgpyZWFkX2NvdW50GAMgASgNEhIKCnJlYWRlcl9pZHMYBCADKAkSGgoSbmV4dF9hZnRlcl91c2VyX2lkGAUgASgJKnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKk0KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfTUVNQkVSEAESDgoKUk9MRV9BRE1JThACEg4KClJPTEVfT1dORVIQAypbCgtNZW1iZXJTdGF0ZRIcChhNRU1CRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNNRU1CRVJfU1RBVEVfQUNUSVZFEAESFQoRTUVNQkVSX1NUQVRFX0xFRlQQAjLcDwoNR3JvdXBzU2VydmljZRKQAQodR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb24SNi5wYXJsZXkuZ3JvdXBzLnYxLkdldE9yQ3JlYXRlRGlyZWN0Q29udmVyc2F0aW9uUmVxdWVzdBo3LnBhcmxleS5ncm91cHMudjEuR2V0T3JDcmVhdGVEaXJlY3RDb252ZXJzYXRpb25SZXNwb25zZRJmCg9HZXRDb252ZXJzYXRpb24SKC5wYXJsZXkuZ3JvdXBzLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaKS5wYXJsZXkuZ3JvdXBzLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEl0KDENoZWNrTWVtYmVycxIlLnBhcmxleS5ncm91cHMudjEuQ2hlY2tNZW1iZXJzUmVxdWVzdBomLnBhcmxleS5ncm91cHMudjEuQ2hlY2tNZW1iZXJzUmVzcG9uc2USYAoNR2V0TWVtYmVyc2hpcBImLnBhcmxleS5ncm91cHMudjEuR2V0TWVtYmVyc2hpcFJlcXVlc3QaJy5wYXJsZXkuZ3JvdXBzLnYxLkdldE1lbWJlcnNoaXBSZXNwb25zZRJ4ChVMaXN0VXNlckNvbnZlcnNhdGlvbnMSLi5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RVc2VyQ29udmVyc2F0aW9uc1JlcXVlc3QaLy5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RVc2VyQ29udmVyc2F0aW9uc1Jlc3BvbnNlEmkKEExpc3RVc2VyR3JvdXBJZHMSKS5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RVc2VyR3JvdXBJZHNSZXF1ZXN0GioucGFybGV5Lmdyb3Vwcy52MS5MaXN0VXNlckdyb3VwSWRzUmVzcG9uc2USWgoLQ3JlYXRlR3JvdXASJC5wYXJsZXkuZ3JvdXBzLnYxLkNyZWF0ZUdyb3VwUmVxdWVzdBolLnBhcmxleS5ncm91cHMudjEuQ3JlYXRlR3JvdXBSZXNwb25zZRJaCgtVcGRhdGVHcm91cBIkLnBhcmxleS5ncm91cHMudjEuVXBkYXRlR3JvdXBSZXF1ZXN0GiUucGFybGV5Lmdyb3Vwcy52MS5VcGRhdGVHcm91cFJlc3BvbnNlEloKC0RlbGV0ZUdyb3VwEiQucGFybGV5Lmdyb3Vwcy52MS5EZWxldGVHcm91cFJlcXVlc3QaJS5wYXJsZXkuZ3JvdXBzLnYxLkRlbGV0ZUdyb3VwUmVzcG9uc2USWgoLTGlzdE1lbWJlcnMSJC5wYXJsZXkuZ3JvdXBzLnYxLkxpc3RNZW1iZXJzUmVxdWVzdBolLnBhcmxleS5ncm91cHMudjEuTGlzdE1lbWJlcnNSZXNwb25zZRJXCgpBZGRNZW1iZXJzEiMucGFybGV5Lmdyb3Vwcy52MS5BZGRNZW1iZXJzUmVxdWVzdBokLnBhcmxleS5ncm91cHMudjEuQWRkTWVtYmVyc1Jlc3BvbnNlEl0KDFJlbW92ZU1lbWJlchIlLnBhcmxleS5ncm91cHMudjEuUmVtb3ZlTWVtYmVyUmVxdWVzdBomLnBhcmxleS5ncm91cHMudjEuUmVtb3ZlTWVtYmVyUmVzcG9uc2USYAoNU2V0TWVtYmVyUm9sZRImLnBhcmxleS5ncm91cHMudjEuU2V0TWVtYmVyUm9sZVJlcXVlc3QaJy5wYXJsZXkuZ3JvdXBzLnYxLlNldE1lbWJlclJvbGVSZXNwb25zZRJRCghTZXRNdXRlZBIhLnBhcmxleS5ncm91cHMudjEuU2V0TXV0ZWRSZXF1ZXN0GiIucGFybGV5Lmdyb3Vwcy52MS5TZXRNdXRlZFJlc3BvbnNlEm8KEkFkdmFuY2VSZWFkQ3Vyc29ycxIrLnBhcmxleS5ncm91cHMudjEuQWR2YW5jZVJlYWRDdXJzb3JzUmVxdWVzdBosLnBhcmxleS5ncm91cHMudjEuQWR2YW5jZVJlYWRDdXJzb3JzUmVzcG9uc2USYwoOQWR2YW5jZUN1cnNvcnMSJy5wYXJsZXkuZ3JvdXBzLnYxLkFkdmFuY2VDdXJzb3JzUmVxdWVzdBooLnBhcmxleS5ncm91cHMudjEuQWR2YW5jZUN1cnNvcnNSZXNwb25zZRJaCgtHZXRSZWNlaXB0cxIkLnBhcmxleS5ncm91cHMudjEuR2V0UmVjZWlwdHNSZXF1ZXN0GiUucGFybGV5Lmdyb3Vwcy52MS5HZXRSZWNlaXB0c1Jlc3BvbnNlElQKCUJsb2NrVXNlchIiLnBhcmxleS5ncm91cHMudjEuQmxvY2tVc2VyUmVxdWVzdBojLnBhcmxleS5ncm91cHMudjEuQmxvY2tVc2VyUmVzcG9uc2USWgoLVW5ibG9ja1VzZXISJC5wYXJsZXkuZ3JvdXBzLnYxLlVuYmxvY2tVc2VyUmVxdWVzdBolLnBhcmxleS5ncm91cHMudjEuVW5ibG9ja1VzZXJSZXNwb25zZRJpChBMaXN0QmxvY2tlZFVzZXJzEikucGFybGV5Lmdyb3Vwcy52MS5MaXN0QmxvY2tlZFVzZXJzUmVxdWVzdBoqLnBhcmxleS5ncm91cHMudjEuTGlzdEJsb2NrZWRVc2Vyc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message parley.groups.v1.Conversation
@@ -951,6 +951,239 @@ export const ListBlockedUsersResponseSchema: GenMessage<ListBlockedUsersResponse
   messageDesc(file_parley_groups_v1_groups_service, 40);
 
 /**
+ * @generated from message parley.groups.v1.DeviceCursor
+ */
+export type DeviceCursor = Message<"parley.groups.v1.DeviceCursor"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+
+  /**
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+
+  /**
+   * 0: not reported.
+   *
+   * @generated from field: uint64 delivered_seq = 4;
+   */
+  deliveredSeq: bigint;
+
+  /**
+   * @generated from field: uint64 read_seq = 5;
+   */
+  readSeq: bigint;
+
+  /**
+   * The conversation's newest sequence number: the cursors are cut to it.
+   *
+   * @generated from field: uint64 max_seq = 6;
+   */
+  maxSeq: bigint;
+};
+
+/**
+ * Describes the message parley.groups.v1.DeviceCursor.
+ * Use `create(DeviceCursorSchema)` to create a new message.
+ */
+export const DeviceCursorSchema: GenMessage<DeviceCursor> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 41);
+
+/**
+ * @generated from message parley.groups.v1.AdvanceCursorsRequest
+ */
+export type AdvanceCursorsRequest = Message<"parley.groups.v1.AdvanceCursorsRequest"> & {
+  /**
+   * At most 1,000. Cursors of users who are not active members (or past members, up to
+   * their left_seq) are ignored.
+   *
+   * @generated from field: repeated parley.groups.v1.DeviceCursor cursors = 1;
+   */
+  cursors: DeviceCursor[];
+};
+
+/**
+ * Describes the message parley.groups.v1.AdvanceCursorsRequest.
+ * Use `create(AdvanceCursorsRequestSchema)` to create a new message.
+ */
+export const AdvanceCursorsRequestSchema: GenMessage<AdvanceCursorsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 42);
+
+/**
+ * @generated from message parley.groups.v1.CursorMove
+ */
+export type CursorMove = Message<"parley.groups.v1.CursorMove"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+
+  /**
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: parley.groups.v1.ConversationKind kind = 4;
+   */
+  kind: ConversationKind;
+
+  /**
+   * Direct conversations: both users. Groups: empty.
+   *
+   * @generated from field: repeated string member_ids = 5;
+   */
+  memberIds: string[];
+
+  /**
+   * @generated from field: uint32 member_count = 6;
+   */
+  memberCount: number;
+
+  /**
+   * from == to when that cursor did not move.
+   *
+   * @generated from field: uint64 delivered_from = 7;
+   */
+  deliveredFrom: bigint;
+
+  /**
+   * @generated from field: uint64 delivered_to = 8;
+   */
+  deliveredTo: bigint;
+
+  /**
+   * @generated from field: uint64 read_from = 9;
+   */
+  readFrom: bigint;
+
+  /**
+   * @generated from field: uint64 read_to = 10;
+   */
+  readTo: bigint;
+};
+
+/**
+ * Describes the message parley.groups.v1.CursorMove.
+ * Use `create(CursorMoveSchema)` to create a new message.
+ */
+export const CursorMoveSchema: GenMessage<CursorMove> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 43);
+
+/**
+ * @generated from message parley.groups.v1.AdvanceCursorsResponse
+ */
+export type AdvanceCursorsResponse = Message<"parley.groups.v1.AdvanceCursorsResponse"> & {
+  /**
+   * One per cursor that moved (delivered or read).
+   *
+   * @generated from field: repeated parley.groups.v1.CursorMove moves = 1;
+   */
+  moves: CursorMove[];
+};
+
+/**
+ * Describes the message parley.groups.v1.AdvanceCursorsResponse.
+ * Use `create(AdvanceCursorsResponseSchema)` to create a new message.
+ */
+export const AdvanceCursorsResponseSchema: GenMessage<AdvanceCursorsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 44);
+
+/**
+ * @generated from message parley.groups.v1.GetReceiptsRequest
+ */
+export type GetReceiptsRequest = Message<"parley.groups.v1.GetReceiptsRequest"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * Also list who read it: ordered by user id, paged.
+   *
+   * @generated from field: bool include_readers = 3;
+   */
+  includeReaders: boolean;
+
+  /**
+   * @generated from field: string after_user_id = 4;
+   */
+  afterUserId: string;
+
+  /**
+   * 1..1000, default 100.
+   *
+   * @generated from field: uint32 limit = 5;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message parley.groups.v1.GetReceiptsRequest.
+ * Use `create(GetReceiptsRequestSchema)` to create a new message.
+ */
+export const GetReceiptsRequestSchema: GenMessage<GetReceiptsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 45);
+
+/**
+ * @generated from message parley.groups.v1.GetReceiptsResponse
+ */
+export type GetReceiptsResponse = Message<"parley.groups.v1.GetReceiptsResponse"> & {
+  /**
+   * Active members.
+   *
+   * @generated from field: uint32 member_count = 1;
+   */
+  memberCount: number;
+
+  /**
+   * Members with a device that received the message (or who read it).
+   *
+   * @generated from field: uint32 delivered_count = 2;
+   */
+  deliveredCount: number;
+
+  /**
+   * @generated from field: uint32 read_count = 3;
+   */
+  readCount: number;
+
+  /**
+   * @generated from field: repeated string reader_ids = 4;
+   */
+  readerIds: string[];
+
+  /**
+   * @generated from field: string next_after_user_id = 5;
+   */
+  nextAfterUserId: string;
+};
+
+/**
+ * Describes the message parley.groups.v1.GetReceiptsResponse.
+ * Use `create(GetReceiptsResponseSchema)` to create a new message.
+ */
+export const GetReceiptsResponseSchema: GenMessage<GetReceiptsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_groups_v1_groups_service, 46);
+
+/**
  * @generated from enum parley.groups.v1.ConversationKind
  */
 export enum ConversationKind {
@@ -1202,6 +1435,29 @@ export const GroupsService: GenService<{
     methodKind: "unary";
     input: typeof AdvanceReadCursorsRequestSchema;
     output: typeof AdvanceReadCursorsResponseSchema;
+  },
+  /**
+   * Receipts: moves devices' delivered cursors and users' read cursors forward (never
+   * back, never past max_seq), many in one call, and answers which moved (from → to),
+   * with what the caller needs to tell the right devices.
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.AdvanceCursors
+   */
+  advanceCursors: {
+    methodKind: "unary";
+    input: typeof AdvanceCursorsRequestSchema;
+    output: typeof AdvanceCursorsResponseSchema;
+  },
+  /**
+   * For one message of a conversation: how many members received and read it, and
+   * optionally who read it (paged). Active members only (the caller checks the asker).
+   *
+   * @generated from rpc parley.groups.v1.GroupsService.GetReceipts
+   */
+  getReceipts: {
+    methodKind: "unary";
+    input: typeof GetReceiptsRequestSchema;
+    output: typeof GetReceiptsResponseSchema;
   },
   /**
    * A 1:1 conversation with a block in either direction is read-only for both users,

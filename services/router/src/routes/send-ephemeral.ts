@@ -16,11 +16,17 @@ function validate(e: EphemeralEvent): void {
   if (e.serverFrame.length === 0 || e.serverFrame.length > MAX_EPHEMERAL_FRAME_BYTES) {
     throw invalid("server_frame", `1 to ${MAX_EPHEMERAL_FRAME_BYTES} bytes`);
   }
+  if (e.userIds.length > MAX_TARGETS) throw invalid("user_ids", `at most ${MAX_TARGETS}`);
+  for (const u of e.userIds) requireUuid("user_ids", u);
 }
 
+/** Most users one targeted event names. */
+const MAX_TARGETS = 1000;
+
 /**
- * Ephemeral events (typing): authorized against the cached membership like sends (one
- * lookup per conversation of the batch), then handed to fan-out without being stored.
+ * Ephemeral events (typing, receipts): authorized against the cached membership like
+ * sends (one lookup per conversation of the batch), then handed to fan-out without
+ * being stored: to every member's devices, or only to the users an event names.
  * Events of senders who may not send there are dropped and counted; a malformed event
  * fails the whole call (gateways build these, clients do not).
  */
@@ -47,7 +53,8 @@ export function sendEphemeral(ctx: RouterContext) {
         conversationId: e.conversationId,
         senderId: e.senderId,
         senderDeviceId: e.senderDeviceId,
-        route: a.route,
+        // Targeted (receipts): just those users' devices, looked up like a 1:1's members.
+        route: e.userIds.length > 0 ? { kind: "direct", memberIds: e.userIds } : a.route,
         serverFrame: e.serverFrame,
       });
     }
