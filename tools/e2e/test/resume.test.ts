@@ -180,6 +180,25 @@ if (configured) {
         await device.close();
       }
     });
+
+    it("after the device's gateway died (kill -9) it resumes on the surviving one: each missed message once", async () => {
+      const dying = cluster.discovery.list("gateway").find((g) => g.id === "gateway-1")!;
+      const surviving = cluster.discovery.list("gateway").find((g) => g.id !== "gateway-1")!;
+      const s = await scenario(surviving.publicUrl!, 2, 2);
+      const device = await FrameClient.connect(wsUrl(dying.publicUrl!), s.me.token);
+      const held = await cursors(surviving.publicUrl!, s.me, s.conversations.map((c) => c.id));
+      await cluster.processes.find((p) => p.name === "gateway-1")!.kill();
+      await device.signal.until("the dead gateway's socket closes", () => device.closeCode !== undefined, 10_000);
+      const acks = await sendRounds([surviving.publicUrl!], s, 5);
+      const again = await FrameClient.connect(wsUrl(surviving.publicUrl!), s.me.token);
+      try {
+        again.send({ ref: 9, kind: { case: "resume", value: { cursors: held } } });
+        await again.waitFor("resume_done", (f) => f.kind.case === "resumeDone", 30_000);
+        checkResumed(again.frames.slice(1), acks, 20);
+      } finally {
+        await again.close();
+      }
+    });
   });
 }
 
