@@ -8,7 +8,7 @@ import WebSocket from "ws";
 import { AuthService, type Tokens } from "../../gen/parley/client/v1/auth_service_pb.js";
 import { ChatService } from "../../gen/parley/client/v1/chat_service_pb.js";
 import { ClientFrameSchema, ErrorCode, ServerFrameSchema, type ServerFrame } from "../../gen/parley/client/v1/frames_pb.js";
-import { ConversationKind, type Conversation, type Message, type User } from "../../gen/parley/client/v1/types_pb.js";
+import { ConversationKind, Role, type Conversation, type ConversationEvent, type Message, type User } from "../../gen/parley/client/v1/types_pb.js";
 import { MemorySessionStore, type SessionStore, type StoredSession } from "./credentials.js";
 
 // ---------------------------------------------------------------------------------------
@@ -128,6 +128,28 @@ function ms(t: Timestamp | undefined): number {
   return t ? timestampMs(t) : 0;
 }
 
+/** A one-line description of a conversation event (group changes are stored as messages). */
+export function describeEvent(e: ConversationEvent | undefined): string {
+  switch (e?.kind.case) {
+    case "groupCreated":
+      return `* created the group "${e.kind.value.name}" with ${e.kind.value.memberIds.length} members`;
+    case "membersAdded":
+      return `* added ${e.kind.value.userIds.join(", ")}`;
+    case "memberRemoved":
+      return `* removed ${e.kind.value.userId}`;
+    case "memberLeft":
+      return "* left the group";
+    case "roleChanged":
+      return `* made ${e.kind.value.userId} ${Role[e.kind.value.role]?.toLowerCase() ?? "?"}`;
+    case "groupUpdated":
+      return `* renamed the group "${e.kind.value.name}"${e.kind.value.topic ? ` (topic: ${e.kind.value.topic})` : ""}`;
+    case "groupDeleted":
+      return "* deleted the group";
+    default:
+      return "* changed the conversation";
+  }
+}
+
 export function toChatMessage(m: Message): ChatMessage {
   return {
     conversationId: m.conversationId,
@@ -136,7 +158,7 @@ export function toChatMessage(m: Message): ChatMessage {
     senderId: m.senderId,
     senderDeviceId: m.senderDeviceId,
     clientMsgId: m.clientMsgId,
-    body: m.body,
+    body: m.event ? describeEvent(m.event) : m.body,
     sentAtMs: ms(m.sentAt),
   };
 }
