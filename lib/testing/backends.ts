@@ -25,3 +25,16 @@ export function realBackend(backend: RealBackend): string | undefined {
   }
   return undefined;
 }
+
+/**
+ * All four real backends, in the shape tools/cluster takes, for the end-to-end tests that
+ * start a cluster; undefined when they are not configured (a suite then defines no test;
+ * with PARLEY_REQUIRE_REAL_BACKENDS=1 a missing one fails loudly instead).
+ */
+export function realClusterBackends(): { postgresUrl: string; redisUrl: string; etcdUrl: string; cassandra: string } | undefined {
+  const postgresUrl = realBackend("postgres");
+  const redisUrl = realBackend("redis");
+  const etcdUrl = realBackend("etcd");
+  const cassandra = realBackend("cassandra");
+  return postgresUrl && redisUrl && etcdUrl && cassandra ? { postgresUrl, redisUrl, etcdUrl, cassandra } : undefined;
+}

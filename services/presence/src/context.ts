@@ -1,5 +1,3 @@
-import { createClient, type Client } from "@connectrpc/connect";
-import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { Discovery } from "../../../lib/discovery/discovery.js";
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
 import { createLogger, type Logger } from "../../../lib/logger.js";
@@ -13,6 +11,7 @@ import { PresenceFanOut } from "./presence-fan-out.js";
 import type { PresenceStore } from "./presence-store.js";
 import { MemoryPresenceStore } from "./presence-store-memory.js";
 import { RedisPresenceStore } from "./presence-store-redis.js";
+import { GatewayClients, type DialGateway } from "../../../lib/gateway-clients.js";
 
 /** What the one-process platform and tests may pass in instead of building it from config. */
 export interface PresenceOverrides {
@@ -22,7 +21,7 @@ export interface PresenceOverrides {
   /** Where gateways are (`resolve("gateway", id)`). Default: the static `PARLEY_GATEWAYS` table. */
   discovery?: Discovery;
   /** The transport to a gateway's internal port. Default: gRPC over HTTP/2 to its URL. */
-  dialGateway?: (url: string, gatewayId: string) => OwnedTransport;
+  dialGateway?: DialGateway;
   clock?: () => number;
   logger?: Logger;
   /** false: no sweep timer (tests call `fanOut.sweep()` themselves with their clock). */
@@ -30,19 +29,20 @@ export interface PresenceOverrides {
 }
 
 export class PresenceContext {
-  private readonly gatewayClients = new Map<string, { url: string; transport: OwnedTransport; client: Client<typeof DeliveryService> }>();
+  private readonly gatewayClients: GatewayClients;
   readonly fanOut: PresenceFanOut;
 
   private constructor(
     readonly store: PresenceStore,
     readonly registry: ConnectionRegistry,
-    private readonly discovery: Discovery,
-    private readonly dialGateway: (url: string, gatewayId: string) => OwnedTransport,
+    discovery: Discovery,
+    dialGateway: DialGateway,
     readonly clock: () => number,
     readonly logger: Logger,
     private readonly ownsRegistry: boolean,
   ) {
-    this.fanOut = new PresenceFanOut(store, registry, (id) => this.gateway(id), clock, logger);
+    this.gatewayClients = new GatewayClients(discovery, dialGateway);
+    this.fanOut = new PresenceFanOut(store, registry, (id) => this.gatewayClients.get(id), clock, logger);
   }
 
   static async fromConfig(cfg: PresenceConfig, o: PresenceOverrides = {}): Promise<PresenceContext> {
@@ -72,22 +72,9 @@ export class PresenceContext {
     return ctx;
   }
 
-  /** The Deliver client of a gateway, or undefined when discovery does not know it. */
-  private gateway(gatewayId: string): Client<typeof DeliveryService> | undefined {
-    const instance = this.discovery.resolve("gateway", gatewayId);
-    if (!instance) return undefined;
-    const cached = this.gatewayClients.get(gatewayId);
-    if (cached?.url === instance.url) return cached.client;
-    cached?.transport.close();
-    const transport = this.dialGateway(instance.url, gatewayId);
-    const client = createClient(DeliveryService, transport);
-    this.gatewayClients.set(gatewayId, { url: instance.url, transport, client });
-    return client;
-  }
-
   async close(): Promise<void> {
     await this.fanOut.stop();
-    for (const g of this.gatewayClients.values()) g.transport.close();
+    this.gatewayClients.close();
     await this.store.close();
     if (this.ownsRegistry) await this.registry.close();
   }

@@ -1,6 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
-import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
+import { createClient } from "@connectrpc/connect";
 import { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import {
   MessageStoreService,
@@ -21,6 +20,7 @@ import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { RouterConfig } from "./config.js";
 import { FanOut } from "./fan-out.js";
 import { MembershipCache } from "./membership-cache.js";
+import { GatewayClients, type DialGateway } from "../../../lib/gateway-clients.js";
 
 /** How the router reaches its peers; the one-process platform passes in-process transports. */
 export interface RouterOverrides {
@@ -28,7 +28,7 @@ export interface RouterOverrides {
   messagestore?: OwnedTransport;
   notify?: OwnedTransport;
   /** The transport to a gateway's internal port. Default: gRPC over HTTP/2 to its URL. */
-  dialGateway?: (url: string, gatewayId: string) => OwnedTransport;
+  dialGateway?: DialGateway;
   registry?: ConnectionRegistry;
   discovery?: Discovery;
   clock?: () => number;
@@ -36,7 +36,7 @@ export interface RouterOverrides {
 }
 
 export class RouterContext {
-  private readonly gatewayClients = new Map<string, { url: string; transport: OwnedTransport; client: Client<typeof DeliveryService> }>();
+  private readonly gatewayClients: GatewayClients;
 
   /** Appends to the message store, batched per store instance (one batch in flight each). */
   readonly appends: ShardedBatcher<MessageInitShape<typeof AppendRequestSchema>, AppendResponse>;
@@ -46,14 +46,15 @@ export class RouterContext {
   private constructor(
     private readonly transports: OwnedTransport[],
     readonly registry: ConnectionRegistry,
-    private readonly discovery: Discovery,
-    private readonly dialGateway: (url: string, gatewayId: string) => OwnedTransport,
+    discovery: Discovery,
+    dialGateway: DialGateway,
     readonly clock: () => number,
     readonly logger: Logger,
     cfg: RouterConfig,
     /** Whether close() closes the registry (built here, not passed in). */
     private readonly ownsRegistry: boolean,
   ) {
+    this.gatewayClients = new GatewayClients(discovery, dialGateway);
     const [groups, messagestore, notify] = transports as [OwnedTransport, OwnedTransport, OwnedTransport];
     this.appends = new ShardedBatcher(
       messagestore,
@@ -70,7 +71,7 @@ export class RouterContext {
       negativeTtlMs: 1000,
       clock,
     });
-    this.fanOut = new FanOut(registry, (id) => this.gateway(id), createClient(NotifyService, notify), logger);
+    this.fanOut = new FanOut(registry, (id) => this.gatewayClients.get(id), createClient(NotifyService, notify), logger);
   }
 
   static async fromConfig(cfg: RouterConfig, o: RouterOverrides = {}): Promise<RouterContext> {
@@ -92,22 +93,9 @@ export class RouterContext {
     );
   }
 
-  /** The Deliver client of a gateway, or undefined when discovery does not know it. */
-  private gateway(gatewayId: string): Client<typeof DeliveryService> | undefined {
-    const instance = this.discovery.resolve("gateway", gatewayId);
-    if (!instance) return undefined;
-    const cached = this.gatewayClients.get(gatewayId);
-    if (cached?.url === instance.url) return cached.client;
-    cached?.transport.close();
-    const transport = this.dialGateway(instance.url, gatewayId);
-    const client = createClient(DeliveryService, transport);
-    this.gatewayClients.set(gatewayId, { url: instance.url, transport, client });
-    return client;
-  }
-
   async close(): Promise<void> {
     await this.fanOut.idle();
-    for (const g of this.gatewayClients.values()) g.transport.close();
+    this.gatewayClients.close();
     for (const t of this.transports) t.close();
     if (this.ownsRegistry) await this.registry.close();
   }

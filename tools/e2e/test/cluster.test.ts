@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { ownerOf } from "../../../lib/balancer.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { ThrowawayRedis } from "../../../lib/testing/redis.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
@@ -66,25 +66,14 @@ async function sendResilient(c: FrameClient, conversationId: string, prefix: str
   return acked;
 }
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-const configured = Object.values(backends).every((v) => v !== undefined);
+const backends = realClusterBackends();
 
-if (configured) {
+if (backends) {
   describe("cluster on the real backends: 2 gateways, 2 routers, 2 message stores", () => {
     let cluster: Cluster;
     before(async () => {
       cluster = await startCluster({
-        backends: {
-          postgresUrl: backends.postgres!,
-          redisUrl: backends.redis!,
-          etcdUrl: backends.etcd!,
-          cassandra: backends.cassandra!,
-        },
+        backends,
         extraEnv: { PARLEY_FRAMES_PER_SECOND: "100000", PARLEY_FRAME_BURST: "100000" },
       });
     });
@@ -294,7 +283,7 @@ if (configured) {
     before(async () => {
       redis = await ThrowawayRedis.start();
       cluster = await startCluster({
-        backends: { postgresUrl: backends.postgres!, redisUrl: redis.url, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        backends: { ...backends, redisUrl: redis.url },
         counts: { gateway: 2, router: 1, messagestore: 1 },
         // Gateways re-register their connections every 300 ms: after Redis comes back
         // empty, the registry is whole again within that.

@@ -5,7 +5,7 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ErrorCode, type ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
 import { ConversationKind, Role, type Conversation, type Message } from "../../../gen/parley/client/v1/types_pb.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster } from "../../cluster/cluster.js";
 import { api, FrameClient, startPlatformProcess, tempDir, type ApiClients } from "../harness.js";
 
@@ -540,16 +540,11 @@ describeGroupsApi("embedded platform (npm start)", async () => {
   };
 });
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-if (Object.values(backends).every((v) => v !== undefined)) {
+const backends = realClusterBackends();
+if (backends) {
   describeGroupsApi("cluster on the real backends", async () => {
     const cluster = await startCluster({
-      backends: { postgresUrl: backends.postgres!, redisUrl: backends.redis!, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+      backends,
       counts: { gateway: 1 },
     });
     const publicUrl = cluster.gatewayUrls()[0]!;

@@ -4,7 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { createClient } from "@connectrpc/connect";
 import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
 import { createGroup, mapLimit, signUpMany, type Account } from "../population.js";
@@ -13,15 +13,9 @@ const MEMBERS = 5000;
 const CONNECTED = 300;
 const MESSAGES = 5;
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-const configured = Object.values(backends).every((v) => v !== undefined);
+const backends = realClusterBackends();
 
-if (configured) {
+if (backends) {
   describe(`a ${MEMBERS}-member group on the cluster (real backends, 2 gateways)`, () => {
     let cluster: Cluster;
     let accounts: Account[];
@@ -31,7 +25,7 @@ if (configured) {
 
     before(async () => {
       cluster = await startCluster({
-        backends: { postgresUrl: backends.postgres!, redisUrl: backends.redis!, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        backends,
         extraEnv: {
           // 5,000 real sign-ups: the cheapest password hashing the session service allows.
           PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",

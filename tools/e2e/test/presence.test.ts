@@ -3,18 +3,12 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { ErrorCode, PresenceState } from "../../../gen/parley/client/v1/frames_pb.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { FrameClient } from "../harness.js";
 import { signUpMany, type Account } from "../population.js";
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-const configured = Object.values(backends).every((v) => v !== undefined);
+const backends = realClusterBackends();
 
 /** Short timings so the test sees the TTL run out: entries live 2 s, gateways report every 500 ms. */
 const TTL_SECONDS = 2;
@@ -28,7 +22,7 @@ function presenceOf(c: FrameClient, userId: string) {
   );
 }
 
-if (configured) {
+if (backends) {
   describe("presence on the cluster (real backends, 2 gateways, short TTL)", () => {
     let cluster: Cluster;
     let a: Account, b: Account, c: Account, d: Account, e: Account;
@@ -54,7 +48,7 @@ if (configured) {
 
     before(async () => {
       cluster = await startCluster({
-        backends: { postgresUrl: backends.postgres!, redisUrl: backends.redis!, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        backends,
         extraEnv: {
           PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
           PARLEY_PASSWORD_HASH_ITERATIONS: "1",

@@ -2,18 +2,12 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { ErrorCode, type ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
 import { newDevice, signUpMany, type Account } from "../population.js";
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-const configured = Object.values(backends).every((v) => v !== undefined);
+const backends = realClusterBackends();
 
 type Receipt = Extract<ServerFrame["kind"], { case: "receipt" }>["value"];
 
@@ -21,7 +15,7 @@ function receiptsOf(c: FrameClient, conversationId: string): Receipt[] {
   return c.frames.flatMap((f) => (f.kind.case === "receipt" && f.kind.value.conversationId === conversationId ? [f.kind.value] : []));
 }
 
-if (configured) {
+if (backends) {
   describe("receipts and multi-device sync on the cluster (real backends, 2 gateways)", () => {
     let cluster: Cluster;
     let alice: Account;
@@ -34,7 +28,7 @@ if (configured) {
 
     before(async () => {
       cluster = await startCluster({
-        backends: { postgresUrl: backends.postgres!, redisUrl: backends.redis!, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        backends,
         extraEnv: {
           PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
           PARLEY_PASSWORD_HASH_ITERATIONS: "1",

@@ -10,18 +10,12 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient, startPlatformProcess, tempDir, type RunningPlatform } from "../harness.js";
 import { createGroup, mapLimit, signUpMany, type Account } from "../population.js";
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-const configured = Object.values(backends).every((v) => v !== undefined);
+const backends = realClusterBackends();
 
 const wsUrl = (publicUrl: string) => `${publicUrl.replace(/^http/, "ws")}/ws`;
 
@@ -128,12 +122,12 @@ function checkResumed(frames: readonly ServerFrame[], acks: Map<string, { seq: b
   assert.deepEqual(blocks, expected, "most recently active conversation first");
 }
 
-if (configured) {
+if (backends) {
   describe("resume on the cluster (real backends, 2 gateways)", () => {
     let cluster: Cluster;
     before(async () => {
       cluster = await startCluster({
-        backends: { postgresUrl: backends.postgres!, redisUrl: backends.redis!, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        backends,
         extraEnv: { PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024", PARLEY_PASSWORD_HASH_ITERATIONS: "1" },
       });
     });

@@ -5,24 +5,18 @@ import { createClient } from "@connectrpc/connect";
 import type { ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
 import { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
-import { realBackend } from "../../../lib/testing/backends.js";
+import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
 import { signUpMany, type Account } from "../population.js";
 
-const backends = {
-  postgres: realBackend("postgres"),
-  redis: realBackend("redis"),
-  etcd: realBackend("etcd"),
-  cassandra: realBackend("cassandra"),
-};
-const configured = Object.values(backends).every((v) => v !== undefined);
+const backends = realClusterBackends();
 
 function typingOf(c: FrameClient, conversationId: string) {
   return c.frames.flatMap((f) => (f.kind.case === "typing" && f.kind.value.conversationId === conversationId ? [f.kind.value] : []));
 }
 
-if (configured) {
+if (backends) {
   describe("typing indicators on the cluster (real backends, 2 gateways)", () => {
     let cluster: Cluster;
     let people: Account[];
@@ -31,7 +25,7 @@ if (configured) {
 
     before(async () => {
       cluster = await startCluster({
-        backends: { postgresUrl: backends.postgres!, redisUrl: backends.redis!, etcdUrl: backends.etcd!, cassandra: backends.cassandra! },
+        backends,
         extraEnv: { PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024", PARLEY_PASSWORD_HASH_ITERATIONS: "1" },
       });
       people = await signUpMany(cluster.gatewayUrls()[0]!, 4, "typing");
