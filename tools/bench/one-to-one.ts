@@ -6,6 +6,11 @@
  * throughput per CPU-second can be compared.
  *
  *   node --import tsx tools/bench/one-to-one.ts [--pairs 50] [--messages 200] [--window 8]
+ *        [--rate <msgs/s>]
+ *
+ * `--rate` drives an open loop instead: messages go out at that total rate (spread over
+ * the pairs) whatever comes back, which is how p99 at a given share of peak load is
+ * measured (first run without it to find the peak, then with half of it).
  */
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -22,11 +27,13 @@ const { values } = parseArgs({
     pairs: { type: "string", default: "50" },
     messages: { type: "string", default: "200" },
     window: { type: "string", default: "8" },
+    rate: { type: "string" },
   },
 });
 const PAIRS = Number(values.pairs);
 const MESSAGES = Number(values.messages);
 const WINDOW = Number(values.window);
+const RATE = values.rate === undefined ? undefined : Number(values.rate);
 
 interface Result {
   name: string;
@@ -54,6 +61,49 @@ function report(r: Result) {
  * received by its peer; the body carries the send time. Resolves when all arrived.
  */
 async function drive(
+  senders: ((body: string) => void)[],
+  onReceive: (pair: number, handler: (body: string) => void) => void,
+): Promise<{ seconds: number; latencies: number[] }> {
+  return RATE === undefined ? driveWindowed(senders, onReceive) : driveAtRate(senders, onReceive, RATE);
+}
+
+/**
+ * Open loop: sends at `rate` messages per second in total, round-robin over the pairs,
+ * on a 5 ms tick (so a slow server does not slow the offered load down). Resolves when
+ * every message arrived, or rejects after a deadline with how many did.
+ */
+async function driveAtRate(
+  senders: ((body: string) => void)[],
+  onReceive: (pair: number, handler: (body: string) => void) => void,
+  rate: number,
+): Promise<{ seconds: number; latencies: number[] }> {
+  const total = senders.length * MESSAGES;
+  const latencies: number[] = [];
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    for (let pair = 0; pair < senders.length; pair++) {
+      onReceive(pair, (body) => {
+        latencies.push(performance.now() - Number(body));
+        if (latencies.length === total) {
+          clearInterval(tick);
+          clearTimeout(deadline);
+          resolve({ seconds: (performance.now() - started) / 1000, latencies });
+        }
+      });
+    }
+    let sent = 0;
+    const tick = setInterval(() => {
+      const due = Math.min(total, Math.floor(((performance.now() - started) / 1000) * rate));
+      for (; sent < due; sent++) senders[sent % senders.length]!(`${performance.now()}`);
+    }, 5);
+    const deadline = setTimeout(() => {
+      clearInterval(tick);
+      reject(new Error(`open loop at ${rate}/s: ${latencies.length} of ${total} arrived before the deadline`));
+    }, (total / rate) * 1000 + 60_000);
+  });
+}
+
+async function driveWindowed(
   senders: ((body: string) => void)[],
   onReceive: (pair: number, handler: (body: string) => void) => void,
 ): Promise<{ seconds: number; latencies: number[] }> {
@@ -171,7 +221,7 @@ async function benchRelay(): Promise<Result> {
 
 const relay = report(await benchRelay());
 const parley = report(await benchParley());
-console.log(JSON.stringify({ pairs: PAIRS, messagesPerPair: MESSAGES, window: WINDOW, results: [relay, parley] }, null, 2));
+console.log(JSON.stringify({ pairs: PAIRS, messagesPerPair: MESSAGES, window: RATE === undefined ? WINDOW : undefined, rate: RATE, results: [relay, parley] }, null, 2));
 console.log(
   `\nparley / relay: throughput ${(parley.msgsPerSecond / relay.msgsPerSecond).toFixed(3)}x, ` +
     `msgs per server CPU-second ${(parley.msgsPerCpuSecond / relay.msgsPerCpuSecond).toFixed(3)}x, ` +
