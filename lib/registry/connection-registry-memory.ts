@@ -1,7 +1,9 @@
 import {
   DEFAULT_REGISTRY_TTL_MS,
+  gatewaysOf,
   type ConnectionRegistry,
   type DeviceEntry,
+  type DeviceLocation,
   type RegistryTiming,
 } from "./connection-registry.js";
 
@@ -62,18 +64,22 @@ export class MemoryConnectionRegistry implements ConnectionRegistry {
   }
 
   async lookup(userIds: readonly string[]): Promise<Map<string, string[]>> {
+    return gatewaysOf(await this.lookupDevices(userIds));
+  }
+
+  async lookupDevices(userIds: readonly string[]): Promise<Map<string, DeviceLocation[]>> {
     const now = this.clock();
-    const out = new Map<string, string[]>();
-    for (const userId of userIds) {
+    const out = new Map<string, DeviceLocation[]>();
+    for (const userId of new Set(userIds)) {
       const devices = this.users.get(userId);
       if (!devices) continue;
-      const gateways: string[] = [];
+      const found: DeviceLocation[] = [];
       for (const [deviceId, e] of devices) {
         if (e.expiresAtMs <= now) devices.delete(deviceId);
-        else if (!gateways.includes(e.gatewayId)) gateways.push(e.gatewayId);
+        else found.push({ deviceId, gatewayId: e.gatewayId });
       }
       if (devices.size === 0) this.users.delete(userId);
-      if (gateways.length > 0) out.set(userId, gateways);
+      if (found.length > 0) out.set(userId, found);
     }
     return out;
   }

@@ -1,8 +1,10 @@
 import type { ChainableCommander, Redis } from "ioredis";
 import {
   DEFAULT_REGISTRY_TTL_MS,
+  gatewaysOf,
   type ConnectionRegistry,
   type DeviceEntry,
+  type DeviceLocation,
   type RegistryTiming,
 } from "./connection-registry.js";
 import { BackgroundPipelines, FORGET_STALE_FIELDS, closeRedis, execPipeline } from "../redis.js";
@@ -171,7 +173,11 @@ export class RedisConnectionRegistry implements ConnectionRegistry {
   }
 
   async lookup(userIds: readonly string[]): Promise<Map<string, string[]>> {
-    const out = new Map<string, string[]>();
+    return gatewaysOf(await this.lookupDevices(userIds));
+  }
+
+  async lookupDevices(userIds: readonly string[]): Promise<Map<string, DeviceLocation[]>> {
+    const out = new Map<string, DeviceLocation[]>();
     const users = [...new Set(userIds)];
     if (users.length === 0) return out;
     const p = this.pipeline();
@@ -181,14 +187,14 @@ export class RedisConnectionRegistry implements ConnectionRegistry {
     const expired: [string, string[]][] = [];
     users.forEach((userId, i) => {
       const hash = (replies[i] ?? {}) as Record<string, string>;
-      const gateways: string[] = [];
+      const devices: DeviceLocation[] = [];
       const stale: string[] = [];
       for (const [deviceId, value] of Object.entries(hash)) {
         const e = parseEntry(value);
         if (!e || e.expiresAtMs <= now) stale.push(deviceId, value);
-        else if (!gateways.includes(e.gatewayId)) gateways.push(e.gatewayId);
+        else devices.push({ deviceId, gatewayId: e.gatewayId });
       }
-      if (gateways.length > 0) out.set(userId, gateways);
+      if (devices.length > 0) out.set(userId, devices);
       if (stale.length > 0) expired.push([this.key(userId), stale]);
     });
     if (expired.length > 0) this.forget(expired);

@@ -14,6 +14,18 @@ export interface DeviceEntry {
   deviceId: string;
 }
 
+export interface DeviceLocation {
+  deviceId: string;
+  gatewayId: string;
+}
+
+/** The gateways of each user, each once, from their devices' locations. */
+export function gatewaysOf(devices: Map<string, DeviceLocation[]>): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const [userId, list] of devices) out.set(userId, [...new Set(list.map((d) => d.gatewayId))]);
+  return out;
+}
+
 /** How long an entry lives without a refresh, unless configured otherwise. */
 export const DEFAULT_REGISTRY_TTL_MS = 60_000;
 /** How often a gateway refreshes its entries, unless configured otherwise. */
@@ -39,6 +51,12 @@ export interface ConnectionRegistry {
    * One round trip for all users.
    */
   lookup(userIds: readonly string[]): Promise<Map<string, string[]>>;
+  /**
+   * Like `lookup`, device by device: for each user with at least one connected device,
+   * where each device is. Fan-out uses it to skip a gateway whose only device of the
+   * sender is the sending device itself. One round trip for all users.
+   */
+  lookupDevices(userIds: readonly string[]): Promise<Map<string, DeviceLocation[]>>;
 
   /*
    * The conversation index: which gateways hold at least one device subscribed to a

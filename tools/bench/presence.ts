@@ -79,6 +79,10 @@ class CountingRegistry implements ConnectionRegistry {
     this.count(u.length);
     return this.inner.lookup(u);
   }
+  lookupDevices(u: readonly string[]) {
+    this.count(u.length);
+    return this.inner.lookupDevices(u);
+  }
   addTopics(g: string, t: readonly string[]) {
     this.count(t.length);
     return this.inner.addTopics(g, t);

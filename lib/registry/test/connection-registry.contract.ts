@@ -54,6 +54,24 @@ export function describeConnectionRegistry(name: string, open: (o: RegistryFacto
       await reg.refresh("gw-many", []);
     });
 
+    it("lookupDevices: where each live device is; expired devices and unknown users are left out", async () => {
+      const [u, v] = [randomUuid(), randomUuid()];
+      await reg.add("gw-1", [
+        { userId: u, deviceId: "phone" },
+        { userId: u, deviceId: "laptop" },
+      ]);
+      await reg.add("gw-2", [{ userId: u, deviceId: "tablet" }]);
+      const byDevice = (list: { deviceId: string; gatewayId: string }[] | undefined) =>
+        [...(list ?? [])].sort((a, b) => a.deviceId.localeCompare(b.deviceId)).map((d) => `${d.deviceId}@${d.gatewayId}`);
+      const found = await reg.lookupDevices([u, v, u]);
+      assert.deepEqual(byDevice(found.get(u)), ["laptop@gw-1", "phone@gw-1", "tablet@gw-2"]);
+      assert.equal(found.has(v), false);
+      now += ttlMs / 2;
+      await reg.refresh("gw-2", [{ userId: u, deviceId: "tablet" }]);
+      now += ttlMs / 2 + 1;
+      assert.deepEqual(byDevice((await reg.lookupDevices([u])).get(u)), ["tablet@gw-2"], "gw-1's devices expired");
+    });
+
     it("adding a device on another gateway moves it there", async () => {
       const u = randomUuid();
       await reg.add("gw-1", [{ userId: u, deviceId: "d" }]);

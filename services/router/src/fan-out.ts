@@ -7,7 +7,7 @@ import type { Message } from "../../../gen/parley/messagestore/v1/messagestore_s
 import type { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import { clientMessage } from "../../../lib/client-message.js";
 import type { Logger } from "../../../lib/logger.js";
-import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { gatewaysOf, type ConnectionRegistry, type DeviceLocation } from "../../../lib/registry/connection-registry.js";
 import { GatewayOutbox } from "./gateway-outbox.js";
 import type { ConversationRoute } from "./membership-cache.js";
 import { SeqOrder } from "./seq-order.js";
@@ -162,19 +162,20 @@ export class FanOut {
       for (const u of item.membership?.left ?? []) users.add(u);
     }
     this.stats.registryLookups++;
-    const [where, topicGateways] = await Promise.all([
-      users.size > 0 ? this.registry.lookup([...users]) : new Map<string, string[]>(),
+    const [devices, topicGateways] = await Promise.all([
+      users.size > 0 ? this.registry.lookupDevices([...users]) : new Map<string, DeviceLocation[]>(),
       topics.size > 0 ? this.registry.lookupTopics([...topics]) : new Map<string, string[]>(),
     ]);
+    const where = gatewaysOf(devices);
     for (const item of batch) {
       if (item.message) this.stats.messages++;
       else this.stats.ephemeral++;
-      if (item.route.kind === "direct") this.dispatchDirect(item, where);
+      if (item.route.kind === "direct") this.dispatchDirect(item, where, devices);
       else this.dispatchGroup(item, where, topicGateways.get(item.conversationId) ?? []);
     }
   }
 
-  private dispatchDirect(item: Outgoing, where: Map<string, string[]>): void {
+  private dispatchDirect(item: Outgoing, where: Map<string, string[]>, devices: Map<string, DeviceLocation[]>): void {
     const byGateway = new Map<string, string[]>();
     const offline: string[] = [];
     for (const userId of item.route.memberIds) {
@@ -184,6 +185,8 @@ export class FanOut {
         continue;
       }
       for (const gw of gateways) {
+        // A gateway whose only device of the sender is the sending device: nothing to deliver there.
+        if (userId === item.senderId && onlySendingDevice(devices.get(userId)!, gw, item.senderDeviceId)) continue;
         const list = byGateway.get(gw);
         if (list) list.push(userId);
         else byGateway.set(gw, [userId]);
@@ -283,6 +286,11 @@ export class FanOut {
       })
       .catch((err: unknown) => this.logger.warn({ err }, "notify failed"));
   }
+}
+
+/** Whether the user's only device on `gatewayId` is `deviceId`. */
+function onlySendingDevice(devices: readonly DeviceLocation[], gatewayId: string, deviceId: string): boolean {
+  return devices.every((d) => d.gatewayId !== gatewayId || d.deviceId === deviceId);
 }
 
 /** The frame every recipient device gets, encoded once per message. */

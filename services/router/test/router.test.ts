@@ -13,6 +13,7 @@ import { RouterService } from "../../../gen/parley/router/v1/router_service_pb.j
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
 import { createLogger } from "../../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
+import type { DeviceLocation } from "../../../lib/registry/connection-registry.js";
 import { inProcess } from "../../../lib/rpc.js";
 import { settleEach } from "../../../lib/batcher.js";
 import { loadConfig } from "../src/config.js";
@@ -35,12 +36,12 @@ class CountingRegistry extends MemoryConnectionRegistry {
   readonly topicRemovals: { gatewayId: string; topics: string[] }[] = [];
   lookupGate: Promise<void> | undefined;
 
-  override async lookup(userIds: readonly string[]): Promise<Map<string, string[]>> {
+  override async lookupDevices(userIds: readonly string[]): Promise<Map<string, DeviceLocation[]>> {
     this.lookups.push([...userIds]);
     const gate = this.lookupGate;
     this.lookupGate = undefined;
     if (gate) await gate;
-    return super.lookup(userIds);
+    return super.lookupDevices(userIds);
   }
 
   override async lookupTopics(conversationIds: readonly string[]): Promise<Map<string, string[]>> {
@@ -62,7 +63,7 @@ class CountingRegistry extends MemoryConnectionRegistry {
   }
 
   async where(userId: string): Promise<string[]> {
-    return (await this.lookup([userId])).get(userId) ?? [];
+    return (await super.lookup([userId])).get(userId) ?? [];
   }
 }
 
@@ -270,7 +271,8 @@ describe("router: send and fan-out", () => {
     assert.equal(ack.duplicate, false);
     await h.ctx.fanOut.idle();
     for (const [id, users] of [
-      ["gw-1", [sender, peer]],
+      // The sender's only device on gw-1 is the sending phone: gw-1 delivers to the peer only.
+      ["gw-1", [peer]],
       ["gw-2", [sender]],
     ] as const) {
       const g = gw(h, id);
@@ -297,6 +299,22 @@ describe("router: send and fan-out", () => {
     assert.equal(h.notified[0]!.seq, 1n);
     assert.equal(h.notified[0]!.senderId, sender);
     assert.equal(h.notified[0]!.preview, "are you there?");
+  });
+
+  it("1:1: no Deliver to a gateway whose only device of the sender is the sending device", async () => {
+    const [sender, peer] = [randomUUID(), randomUUID()];
+    const phone = await online(h, "gw-2", sender);
+    await online(h, "gw-1", peer);
+    const c = direct(h, sender, peer);
+    await send(h, c, sender, "one", { deviceId: phone });
+    await h.ctx.fanOut.idle();
+    assert.equal(gw(h, "gw-2").calls.length, 0, "nothing to deliver on the sender's gateway");
+    assert.deepEqual(gw(h, "gw-1").calls.flatMap((x) => x.envelopes.map((e) => e.userIds)), [[peer]]);
+    // A second device of the sender on gw-2: now gw-2 has someone to deliver to.
+    await online(h, "gw-2", sender);
+    await send(h, c, sender, "two", { deviceId: phone });
+    await h.ctx.fanOut.idle();
+    assert.deepEqual(gw(h, "gw-2").calls.flatMap((x) => x.envelopes.map((e) => e.userIds)), [[sender]]);
   });
 
   it("group: one topic envelope per gateway holding subscribers, whatever the number of members; no user is named", async () => {
