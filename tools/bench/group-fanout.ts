@@ -22,7 +22,7 @@ import { parseArgs } from "node:util";
 import WebSocket from "ws";
 import { ensureInfra, startCluster, type Cluster } from "../cluster/cluster.js";
 import { FrameClient } from "../e2e/harness.js";
-import { createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
+import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
 import { backendCpu, backendPids, cpuSeconds, percentile } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -214,9 +214,7 @@ const cluster = await startCluster({
   extraEnv: {
     PARLEY_FRAMES_PER_SECOND: "1000000",
     PARLEY_FRAME_BURST: "1000000",
-    // Thousands of sign-ups: the cheapest password hashing the session service allows.
-    PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
-    PARLEY_PASSWORD_HASH_ITERATIONS: "1",
+    ...CHEAP_PASSWORD_HASHING,
   },
   nodeArgs: (kind) =>
     !process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : [],

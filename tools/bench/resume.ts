@@ -15,7 +15,7 @@ import { parseArgs } from "node:util";
 import { realBackend } from "../../lib/testing/backends.js";
 import { ensureInfra, startCluster, type Backends } from "../cluster/cluster.js";
 import { api, FrameClient } from "../e2e/harness.js";
-import { createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
+import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
 import { percentile } from "./cpu.js";
 
 const { values } = parseArgs({
@@ -46,8 +46,7 @@ const cluster = await startCluster({
   backends: backends(),
   logLevel: "warn",
   extraEnv: {
-    PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
-    PARLEY_PASSWORD_HASH_ITERATIONS: "1",
+    ...CHEAP_PASSWORD_HASHING,
     // The senders fill the conversations as fast as the platform takes it.
     PARLEY_FRAMES_PER_SECOND: "1000000",
     PARLEY_FRAME_BURST: "1000000",

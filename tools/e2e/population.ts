@@ -1,6 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { api } from "./harness.js";
 
+/**
+ * Environment for clusters and platforms that sign up many accounts in a test or bench:
+ * the cheapest password hashing the session service allows (never for production).
+ */
+export const CHEAP_PASSWORD_HASHING = {
+  PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
+  PARLEY_PASSWORD_HASH_ITERATIONS: "1",
+} as const;
+
 /** A signed-up account with its access token. */
 export interface Account {
   userId: string;

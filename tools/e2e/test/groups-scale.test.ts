@@ -7,7 +7,7 @@ import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
-import { createGroup, mapLimit, signUpMany, type Account } from "../population.js";
+import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../population.js";
 
 const MEMBERS = 5000;
 const CONNECTED = 300;
@@ -27,9 +27,7 @@ if (backends) {
       cluster = await startCluster({
         backends,
         extraEnv: {
-          // 5,000 real sign-ups: the cheapest password hashing the session service allows.
-          PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
-          PARLEY_PASSWORD_HASH_ITERATIONS: "1",
+          ...CHEAP_PASSWORD_HASHING,
         },
       });
     });

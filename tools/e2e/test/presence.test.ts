@@ -6,7 +6,7 @@ import { ErrorCode, PresenceState } from "../../../gen/parley/client/v1/frames_p
 import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { FrameClient } from "../harness.js";
-import { signUpMany, type Account } from "../population.js";
+import { CHEAP_PASSWORD_HASHING, signUpMany, type Account } from "../population.js";
 
 const backends = realClusterBackends();
 
@@ -50,8 +50,7 @@ if (backends) {
       cluster = await startCluster({
         backends,
         extraEnv: {
-          PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
-          PARLEY_PASSWORD_HASH_ITERATIONS: "1",
+          ...CHEAP_PASSWORD_HASHING,
           PARLEY_PRESENCE_TTL_SECONDS: String(TTL_SECONDS),
           PARLEY_PRESENCE_REPORT_MS: "500",
           PARLEY_PRESENCE_DAMP_MS: "200",

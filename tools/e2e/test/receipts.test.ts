@@ -5,7 +5,7 @@ import { ErrorCode, type ServerFrame } from "../../../gen/parley/client/v1/frame
 import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
-import { newDevice, signUpMany, type Account } from "../population.js";
+import { CHEAP_PASSWORD_HASHING, newDevice, signUpMany, type Account } from "../population.js";
 
 const backends = realClusterBackends();
 
@@ -30,8 +30,7 @@ if (backends) {
       cluster = await startCluster({
         backends,
         extraEnv: {
-          PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024",
-          PARLEY_PASSWORD_HASH_ITERATIONS: "1",
+          ...CHEAP_PASSWORD_HASHING,
           // Receipts are stored and told in batches this far apart.
           PARLEY_READ_CURSOR_INTERVAL_MS: "50",
         },

@@ -13,7 +13,7 @@ import type { ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
 import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient, startPlatformProcess, tempDir, type RunningPlatform } from "../harness.js";
-import { createGroup, mapLimit, signUpMany, type Account } from "../population.js";
+import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../population.js";
 
 const backends = realClusterBackends();
 
@@ -128,7 +128,7 @@ if (backends) {
     before(async () => {
       cluster = await startCluster({
         backends,
-        extraEnv: { PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024", PARLEY_PASSWORD_HASH_ITERATIONS: "1" },
+        extraEnv: { ...CHEAP_PASSWORD_HASHING },
       });
     });
     after(async () => {
@@ -200,7 +200,7 @@ describe("resume on the one-process platform", () => {
   let platform: RunningPlatform;
   const dir = tempDir("parley-resume-");
   before(async () => {
-    platform = await startPlatformProcess(dir.path, { PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024", PARLEY_PASSWORD_HASH_ITERATIONS: "1" });
+    platform = await startPlatformProcess(dir.path, { ...CHEAP_PASSWORD_HASHING });
   });
   after(async () => {
     await platform?.stop();

@@ -8,7 +8,7 @@ import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster, type Cluster } from "../../cluster/cluster.js";
 import { api, FrameClient } from "../harness.js";
-import { signUpMany, type Account } from "../population.js";
+import { CHEAP_PASSWORD_HASHING, signUpMany, type Account } from "../population.js";
 
 const backends = realClusterBackends();
 
@@ -26,7 +26,7 @@ if (backends) {
     before(async () => {
       cluster = await startCluster({
         backends,
-        extraEnv: { PARLEY_PASSWORD_HASH_MEMORY_KIB: "1024", PARLEY_PASSWORD_HASH_ITERATIONS: "1" },
+        extraEnv: { ...CHEAP_PASSWORD_HASHING },
       });
       people = await signUpMany(cluster.gatewayUrls()[0]!, 4, "typing");
       const gateways = cluster.discovery.list("gateway");
