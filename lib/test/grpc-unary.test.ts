@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { status as grpcStatus } from "@grpc/grpc-js";
-import { NotifyService } from "../../gen/parley/notify/v1/notify_service_pb.js";
+import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { parseGrpcTimeout } from "../grpc-unary.js";
 import { createLogger } from "../logger.js";
 import { createClient, dialGrpc, startGrpcServer, type GrpcServer, type Routes } from "../rpc.js";
@@ -11,7 +11,7 @@ import { grpcJsUnary } from "../testing/grpc-js.js";
 
 const logger = createLogger("grpc-unary-test", "silent");
 
-/** What the last notifyOffline call saw of its context. */
+/** What the last listPushCandidates call saw of its context. */
 interface Seen {
   aborted?: Promise<unknown>;
   timeoutMs?: number;
@@ -19,17 +19,17 @@ interface Seen {
 }
 
 /**
- * A NotifyService whose behaviour the request's `preview` selects: "fail:<code>:<msg>"
+ * A GroupsService whose behaviour the request's `conversation_id` selects: "fail:<code>:<msg>"
  * throws a ConnectError, "throw" throws a plain Error, "hang" never answers (until the
- * call is cancelled), anything else answers queued = number of user ids.
+ * call is cancelled), anything else answers one candidate per user id, with `seq`.
  */
 function routes(seen: Seen): Routes {
   return (router) =>
-    router.service(NotifyService, {
-      async notifyOffline(req, ctx) {
+    router.service(GroupsService, {
+      async listPushCandidates(req, ctx) {
         seen.timeoutMs = ctx.timeoutMs();
         seen.traceHeader = ctx.requestHeader.get("x-trace");
-        const [verb, code, ...msg] = req.preview.split(":");
+        const [verb, code, ...msg] = req.conversationId.split(":");
         if (verb === "fail") throw new ConnectError(msg.join(":"), Number(code) as Code);
         if (verb === "throw") throw new Error("boom");
         if (verb === "hang") {
@@ -37,7 +37,7 @@ function routes(seen: Seen): Routes {
           await seen.aborted;
           throw new ConnectError("gave up", Code.Canceled);
         }
-        return { queued: req.userIds.length };
+        return { candidates: req.userIds.map((userId) => ({ userId, deliveredSeq: req.seq })) };
       },
     });
 }
@@ -51,7 +51,7 @@ describe("lean unary gRPC (lib/grpc-unary.ts)", { timeout: 30_000 }, () => {
   let server: GrpcServer;
   let transport: ReturnType<typeof dialGrpc>;
   before(async () => {
-    server = await startGrpcServer({ port: 0, routes: routes(seen), services: [NotifyService], logger });
+    server = await startGrpcServer({ port: 0, routes: routes(seen), services: [GroupsService], logger });
     transport = dialGrpc(server.url);
   });
   after(async () => {
@@ -60,67 +60,68 @@ describe("lean unary gRPC (lib/grpc-unary.ts)", { timeout: 30_000 }, () => {
   });
 
   it("round-trips a call, with headers and the caller's deadline visible to the handler", async () => {
-    const client = createClient(NotifyService, transport);
-    const res = await client.notifyOffline({ userIds: ["a", "b", "c"], seq: 1n << 60n }, { headers: { "x-trace": "t1" }, timeoutMs: 5000 });
-    assert.equal(res.queued, 3);
+    const client = createClient(GroupsService, transport);
+    const res = await client.listPushCandidates({ userIds: ["a", "b", "c"], seq: 1n << 60n }, { headers: { "x-trace": "t1" }, timeoutMs: 5000 });
+    assert.equal(res.candidates.length, 3);
+    assert.equal(res.candidates[0]?.deliveredSeq, 1n << 60n, "64-bit fields survive the lean path");
     assert.equal(seen.traceHeader, "t1");
     assert.ok(seen.timeoutMs! > 4000 && seen.timeoutMs! <= 5000, `timeoutMs ${seen.timeoutMs}`);
     // Many concurrent calls on the one connection.
-    const all = await Promise.all(Array.from({ length: 500 }, (_, i) => client.notifyOffline({ userIds: Array(i % 7).fill("u") })));
-    assert.deepEqual(all.map((r) => r.queued), Array.from({ length: 500 }, (_, i) => i % 7));
+    const all = await Promise.all(Array.from({ length: 500 }, (_, i) => client.listPushCandidates({ userIds: Array(i % 7).fill("u") })));
+    assert.deepEqual(all.map((r) => r.candidates.length), Array.from({ length: 500 }, (_, i) => i % 7));
   });
 
   it("carries error codes and messages (non-ASCII too) both to its own client and to grpc-js", async () => {
-    const client = createClient(NotifyService, transport);
+    const client = createClient(GroupsService, transport);
     for (const [code, msg] of [
       [Code.NotFound, "no such user"],
       [Code.FailedPrecondition, "ünïcode: 100% ✓\nnext line"],
       [Code.ResourceExhausted, ""],
     ] as const) {
-      await assert.rejects(client.notifyOffline({ preview: `fail:${code}:${msg}` }), (err) => {
+      await assert.rejects(client.listPushCandidates({ conversationId: `fail:${code}:${msg}` }), (err) => {
         const ce = ConnectError.from(err);
         assert.equal(ce.code, code);
         assert.equal(ce.rawMessage, msg);
         return true;
       });
-      await assert.rejects(grpcJsUnary(server.url, NotifyService, "notifyOffline", { preview: `fail:${code}:${msg}` }), (err: { code?: number; details?: string }) => {
+      await assert.rejects(grpcJsUnary(server.url, GroupsService, "listPushCandidates", { conversationId: `fail:${code}:${msg}` }), (err: { code?: number; details?: string }) => {
         assert.equal(err.code, code);
         assert.equal(err.details, msg);
         return true;
       });
     }
     // A plain exception is Unknown (connect's mapping), and the server stays up.
-    await assert.rejects(client.notifyOffline({ preview: "throw" }), (err) => codeOf(err) === Code.Unknown);
-    assert.equal((await client.notifyOffline({ userIds: ["x"] })).queued, 1);
+    await assert.rejects(client.listPushCandidates({ conversationId: "throw" }), (err) => codeOf(err) === Code.Unknown);
+    assert.equal((await client.listPushCandidates({ userIds: ["x"] })).candidates.length, 1);
   });
 
   it("turns the caller's deadline into DeadlineExceeded and aborts the handler's signal", async () => {
-    const client = createClient(NotifyService, transport);
-    await assert.rejects(client.notifyOffline({ preview: "hang" }, { timeoutMs: 100 }), (err) => codeOf(err) === Code.DeadlineExceeded);
+    const client = createClient(GroupsService, transport);
+    await assert.rejects(client.listPushCandidates({ conversationId: "hang" }, { timeoutMs: 100 }), (err) => codeOf(err) === Code.DeadlineExceeded);
     assert.ok(seen.aborted, "the handler ran");
     await seen.aborted;
     // grpc-js sends its own grpc-timeout; the server enforces it as well.
-    await assert.rejects(grpcJsUnary(server.url, NotifyService, "notifyOffline", { preview: "hang" }, { timeoutMs: 100 }), (err: { code?: number }) => err.code === grpcStatus.DEADLINE_EXCEEDED);
+    await assert.rejects(grpcJsUnary(server.url, GroupsService, "listPushCandidates", { conversationId: "hang" }, { timeoutMs: 100 }), (err: { code?: number }) => err.code === grpcStatus.DEADLINE_EXCEEDED);
   });
 
   it("cancels on the caller's abort signal: Canceled for the caller, an aborted signal for the handler", async () => {
-    const client = createClient(NotifyService, transport);
+    const client = createClient(GroupsService, transport);
     seen.aborted = undefined;
     const abort = new AbortController();
-    const call = client.notifyOffline({ preview: "hang" }, { signal: abort.signal });
+    const call = client.listPushCandidates({ conversationId: "hang" }, { signal: abort.signal });
     while (!seen.aborted) await new Promise((r) => setImmediate(r));
     abort.abort();
     await assert.rejects(call, (err) => codeOf(err) === Code.Canceled);
     assert.equal(codeOf(await seen.aborted), Code.Canceled);
     // A signal aborted before the call: nothing is sent.
-    await assert.rejects(client.notifyOffline({ userIds: ["a"] }, { signal: abort.signal }), (err) => codeOf(err) === Code.Canceled);
+    await assert.rejects(client.listPushCandidates({ userIds: ["a"] }, { signal: abort.signal }), (err) => codeOf(err) === Code.Canceled);
   });
 
   it("leaves compressed requests to connect's general path (grpc-js with gzip still works)", async () => {
-    const res = await grpcJsUnary(server.url, NotifyService, "notifyOffline", { userIds: ["a", "b"], preview: "x".repeat(4096) }, {
+    const res = await grpcJsUnary(server.url, GroupsService, "listPushCandidates", { userIds: ["a", "b"], conversationId: "x".repeat(4096) }, {
       channelOptions: { "grpc.default_compression_algorithm": 2 },
     });
-    assert.equal(res.queued, 2);
+    assert.equal(res.candidates.length, 2);
   });
 
   it("rejects a malformed body with a typed error and keeps serving", async () => {
@@ -128,7 +129,7 @@ describe("lean unary gRPC (lib/grpc-unary.ts)", { timeout: 30_000 }, () => {
     try {
       const call = (body: Buffer) =>
         new Promise<{ status?: string; message?: string }>((resolve, reject) => {
-          const req = session.request({ ":method": "POST", ":path": "/parley.notify.v1.NotifyService/NotifyOffline", "content-type": "application/grpc", te: "trailers" });
+          const req = session.request({ ":method": "POST", ":path": "/parley.groups.v1.GroupsService/ListPushCandidates", "content-type": "application/grpc", te: "trailers" });
           req.on("trailers", (t) => resolve({ status: t["grpc-status"] as string, message: t["grpc-message"] as string }));
           req.on("error", reject);
           req.resume();
@@ -144,7 +145,7 @@ describe("lean unary gRPC (lib/grpc-unary.ts)", { timeout: 30_000 }, () => {
     } finally {
       session.close();
     }
-    assert.equal((await createClient(NotifyService, transport).notifyOffline({ userIds: ["a"] })).queued, 1);
+    assert.equal((await createClient(GroupsService, transport).listPushCandidates({ userIds: ["a"] })).candidates.length, 1);
   });
 
   it("parses grpc-timeout in every unit", () => {
@@ -173,10 +174,10 @@ describe("lean unary gRPC when the server is gone", { timeout: 30_000 }, () => {
     const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
     const transport = dialGrpc(url);
     try {
-      const client = createClient(NotifyService, transport);
-      await assert.rejects(client.notifyOffline({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
+      const client = createClient(GroupsService, transport);
+      await assert.rejects(client.listPushCandidates({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      await assert.rejects(client.notifyOffline({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
+      await assert.rejects(client.listPushCandidates({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
     } finally {
       transport.close();
     }
@@ -184,16 +185,16 @@ describe("lean unary gRPC when the server is gone", { timeout: 30_000 }, () => {
 
   it("reports a call cut by the server's shutdown deadline as Unavailable, and later calls too", async () => {
     const seen: Seen = {};
-    const server = await startGrpcServer({ port: 0, routes: routes(seen), services: [NotifyService], logger, drainMs: 0 });
+    const server = await startGrpcServer({ port: 0, routes: routes(seen), services: [GroupsService], logger, drainMs: 0 });
     const transport = dialGrpc(server.url);
     try {
-      const client = createClient(NotifyService, transport);
-      const call = client.notifyOffline({ preview: "hang" });
+      const client = createClient(GroupsService, transport);
+      const call = client.listPushCandidates({ conversationId: "hang" });
       const failed = assert.rejects(call, (err) => codeOf(err) === Code.Unavailable);
       while (!seen.aborted) await new Promise((r) => setImmediate(r));
       await server.close(); // drainMs 0: cuts the hanging call
       await failed;
-      await assert.rejects(client.notifyOffline({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
+      await assert.rejects(client.listPushCandidates({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
     } finally {
       transport.close();
     }
@@ -212,12 +213,12 @@ describe("lean unary gRPC with interceptors", { timeout: 30_000 }, () => {
       clientSaw.push(req.method.name);
       return next(req);
     };
-    const server = await startGrpcServer({ port: 0, routes: routes({}), services: [NotifyService], logger, interceptors: [serverInterceptor] });
+    const server = await startGrpcServer({ port: 0, routes: routes({}), services: [GroupsService], logger, interceptors: [serverInterceptor] });
     const transport = dialGrpc(server.url, [clientInterceptor]);
     try {
-      assert.equal((await createClient(NotifyService, transport).notifyOffline({ userIds: ["a", "b"] })).queued, 2);
-      assert.deepEqual(serverSaw, ["NotifyOffline"]);
-      assert.deepEqual(clientSaw, ["NotifyOffline"]);
+      assert.equal((await createClient(GroupsService, transport).listPushCandidates({ userIds: ["a", "b"] })).candidates.length, 2);
+      assert.deepEqual(serverSaw, ["ListPushCandidates"]);
+      assert.deepEqual(clientSaw, ["ListPushCandidates"]);
     } finally {
       transport.close();
       await server.close();

@@ -12,7 +12,7 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../.
 import * as reflectionV1 from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionV1alpha from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { AuthService } from "../../gen/parley/client/v1/auth_service_pb.js";
-import { NotifyService } from "../../gen/parley/notify/v1/notify_service_pb.js";
+import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { HealthRegistry } from "../grpc-health.js";
 import { reflectionRoutes } from "../grpc-reflection.js";
 import { createLogger } from "../logger.js";
@@ -23,22 +23,22 @@ const logger = createLogger("rpc-test", "silent");
 const BUF = fileURLToPath(new URL("../../node_modules/.bin/buf", import.meta.url));
 const execFileAsync = promisify(execFile);
 
-/** A trivial NotifyService; a request whose preview is "block" waits on `gate` (drain test). */
+/** A trivial GroupsService.ListPushCandidates (one candidate per user id); a request for conversation "block" waits on `gate` (drain test). */
 function notifyRoutes(gate?: { entered: () => void; released: Promise<void> }): Routes {
   return (router) =>
-    router.service(NotifyService, {
-      async notifyOffline(req) {
-        if (req.preview === "block" && gate) {
+    router.service(GroupsService, {
+      async listPushCandidates(req) {
+        if (req.conversationId === "block" && gate) {
           gate.entered();
           await gate.released;
         }
-        return { queued: req.userIds.length };
+        return { candidates: req.userIds.map((userId) => ({ userId })) };
       },
     });
 }
 
 function startNotify(routes: Routes = notifyRoutes()): Promise<GrpcServer> {
-  return startGrpcServer({ port: 0, routes, services: [NotifyService], logger, drainMs: 10_000 });
+  return startGrpcServer({ port: 0, routes, services: [GroupsService], logger, drainMs: 10_000 });
 }
 
 async function buf(...args: string[]): Promise<string> {
@@ -81,18 +81,18 @@ describe("startGrpcServer", { timeout: 30_000 }, () => {
   it("serves a connect-es client over dialGrpc", async () => {
     const transport = dialGrpc(server.url);
     try {
-      const client = createClient(NotifyService, transport);
-      const res = await client.notifyOffline({ userIds: ["a", "b", "c"], conversationId: "c1", seq: 7n });
-      assert.equal(res.queued, 3);
+      const client = createClient(GroupsService, transport);
+      const res = await client.listPushCandidates({ userIds: ["a", "b", "c"], conversationId: "c1", seq: 7n });
+      assert.equal(res.candidates.length, 3);
     } finally {
       transport.close();
     }
   });
 
   it("serves grpc-js clients, including grpc.health.v1.Health/Check", async () => {
-    const res = await grpcJsUnary(server.url, NotifyService, "notifyOffline", { userIds: ["a", "b"] });
-    assert.equal(res.queued, 2);
-    for (const service of ["", "parley.notify.v1.NotifyService"]) {
+    const res = await grpcJsUnary(server.url, GroupsService, "listPushCandidates", { userIds: ["a", "b"] });
+    assert.equal(res.candidates.length, 2);
+    for (const service of ["", "parley.groups.v1.GroupsService"]) {
       const health = await grpcJsUnary(server.url, Health, "check", { service });
       assert.equal(health.status, ServingStatus.SERVING, `status of ${JSON.stringify(service)}`);
     }
@@ -125,13 +125,17 @@ describe("startGrpcServer", { timeout: 30_000 }, () => {
   });
 
   it("is listed and called by buf curl through server reflection (v1 and v1alpha)", async () => {
-    const methods = (await buf("--list-methods", server.url)).trim().split("\n").sort();
+    const listed = (await buf("--list-methods", server.url)).trim().split("\n").sort();
+    // Reflection lists every method of a served service; this server implements one of GroupsService's.
+    const groupsMethods = GroupsService.methods.map((m) => `parley.groups.v1.GroupsService/${m.name}`);
+    assert.deepEqual(listed.filter((m) => groupsMethods.includes(m)).length, groupsMethods.length, "every GroupsService method is listed");
+    const methods = listed.filter((m) => !groupsMethods.includes(m) || m.endsWith("/ListPushCandidates"));
     assert.deepEqual(methods, [
       "grpc.health.v1.Health/Check",
       "grpc.health.v1.Health/Watch",
       "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
       "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-      "parley.notify.v1.NotifyService/NotifyOffline",
+      "parley.groups.v1.GroupsService/ListPushCandidates",
     ]);
     for (const protocol of ["grpc-v1", "grpc-v1alpha"]) {
       const services = (await buf("--reflect-protocol", protocol, "--list-services", server.url)).trim().split("\n").sort();
@@ -139,18 +143,18 @@ describe("startGrpcServer", { timeout: 30_000 }, () => {
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
-        "parley.notify.v1.NotifyService",
+        "parley.groups.v1.GroupsService",
       ]);
       const out = await buf(
         "--reflect-protocol",
         protocol,
         "-d",
-        JSON.stringify({ userIds: ["u1", "u2"], conversationId: "c1", seq: "42", preview: "hi" }),
-        `${server.url}/parley.notify.v1.NotifyService/NotifyOffline`,
+        JSON.stringify({ userIds: ["u1", "u2"], conversationId: "c1", seq: "42" }),
+        `${server.url}/parley.groups.v1.GroupsService/ListPushCandidates`,
       );
-      assert.deepEqual(JSON.parse(out), { queued: 2 });
+      assert.deepEqual(JSON.parse(out), { candidates: [{ userId: "u1" }, { userId: "u2" }] });
     }
-    const health = await buf("-d", '{"service":"parley.notify.v1.NotifyService"}', `${server.url}/grpc.health.v1.Health/Check`);
+    const health = await buf("-d", '{"service":"parley.groups.v1.GroupsService"}', `${server.url}/grpc.health.v1.Health/Check`);
     assert.deepEqual(JSON.parse(health), { status: "SERVING" });
   });
 });
@@ -181,8 +185,8 @@ describe("startGrpcServer close()", { timeout: 30_000 }, () => {
     const server = await startNotify(notifyRoutes({ entered, released }));
     const transport = dialGrpc(server.url);
     try {
-      const client = createClient(NotifyService, transport);
-      const call = client.notifyOffline({ userIds: ["a", "b"], preview: "block" });
+      const client = createClient(GroupsService, transport);
+      const call = client.listPushCandidates({ userIds: ["a", "b"], conversationId: "block" });
       await inHandler;
       let closed = false;
       const closing = server.close().then(() => {
@@ -192,7 +196,7 @@ describe("startGrpcServer close()", { timeout: 30_000 }, () => {
       assert.equal(server.health.get(""), ServingStatus.NOT_SERVING);
       assert.equal(closed, false, "close() must wait for the call in flight");
       release();
-      assert.equal((await call).queued, 2);
+      assert.equal((await call).candidates.length, 2);
       await closing;
       assert.equal(await refused(server.port), true);
     } finally {
@@ -210,22 +214,22 @@ describe("startGrpcServer close() with a stuck call", { timeout: 30_000 }, () =>
     let aborted = false;
     const server = await startGrpcServer({
       port: 0,
-      services: [NotifyService],
+      services: [GroupsService],
       logger,
       drainMs: 50,
       routes: (router) =>
-        router.service(NotifyService, {
-          async notifyOffline(_req, ctx) {
+        router.service(GroupsService, {
+          async listPushCandidates(_req, ctx) {
             entered();
             await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
             aborted = true;
-            return { queued: 0 };
+            return {};
           },
         }),
     });
     const transport = dialGrpc(server.url);
     try {
-      const failed = assert.rejects(createClient(NotifyService, transport).notifyOffline({}), ConnectError);
+      const failed = assert.rejects(createClient(GroupsService, transport).listPushCandidates({}), ConnectError);
       await inHandler;
       await server.close();
       await failed;

@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import type { Interceptor } from "@connectrpc/connect";
-import { NotifyService } from "../../gen/parley/notify/v1/notify_service_pb.js";
+import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
 import { createClient, dialGrpc, startGrpcServer } from "../../lib/rpc.js";
 
@@ -20,19 +20,19 @@ const passThrough: Interceptor = (next) => (req) => next(req);
 async function measure(name: string, interceptors: Interceptor[]) {
   const server = await startGrpcServer({
     port: 0,
-    services: [NotifyService],
+    services: [GroupsService],
     logger,
     interceptors,
-    routes: (r) => r.service(NotifyService, { notifyOffline: (req) => ({ queued: req.userIds.length }) }),
+    routes: (r) => r.service(GroupsService, { listPushCandidates: (req) => ({ candidates: req.userIds.map((userId) => ({ userId })) }) }),
   });
   const transport = dialGrpc(server.url, interceptors);
-  const client = createClient(NotifyService, transport);
-  const req = { userIds: ["0190a8f0-0000-7000-8000-000000000001"], conversationId: "0190a8f0-0000-7000-8000-000000000002", seq: 42n, preview: "hello there" };
+  const client = createClient(GroupsService, transport);
+  const req = { userIds: ["0190a8f0-0000-7000-8000-000000000001"], conversationId: "0190a8f0-0000-7000-8000-000000000002", seq: 42n };
   const run = async (inFlight: number) => {
-    for (let i = 0; i < 500; i++) await client.notifyOffline(req); // warm up
+    for (let i = 0; i < 500; i++) await client.listPushCandidates(req); // warm up
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
-    for (let done = 0; done < CALLS; done += inFlight) await Promise.all(Array.from({ length: inFlight }, () => client.notifyOffline(req)));
+    for (let done = 0; done < CALLS; done += inFlight) await Promise.all(Array.from({ length: inFlight }, () => client.listPushCandidates(req)));
     const cpu = process.cpuUsage(cpu0);
     return { cpuMsPerCall: (cpu.user + cpu.system) / 1000 / CALLS, callsPerSecond: Math.round(CALLS / ((performance.now() - t0) / 1000)) };
   };

@@ -1,5 +1,5 @@
 import { migrate, sqlState, type Migration, type Sql, type SqlExecutor } from "../../../lib/sql.js";
-import type { ConversationStore, GroupTransaction, NewGroup } from "./conversation-store.js";
+import type { ConversationStore, GroupTransaction, NewGroup, PushCandidateQuery, PushCandidates } from "./conversation-store.js";
 import type {
   ChangeRecord,
   Conversation,
@@ -404,6 +404,30 @@ export class SqlConversationStore implements ConversationStore {
       readCount: Number(r.read_count),
       deliveredCount: Number(r.delivered_count),
       readerIds: r.reader_ids,
+    };
+  }
+
+  async listPushCandidates(conversationId: string, seq: number, q: PushCandidateQuery): Promise<PushCandidates | undefined> {
+    const heads = await this.sql.query<{ kind: ConversationKind; name: string }>(
+      `SELECT kind, name FROM conversations WHERE conversation_id = $1 AND deleted_at IS NULL`,
+      [conversationId],
+    );
+    const head = heads[0];
+    if (!head) return undefined;
+    const rows = await this.sql.query<{ user_id: string; delivered_seq: string | number; read_seq: string | number }>(
+      `SELECT m.user_id::text AS user_id, m.delivered_seq, m.read_seq FROM conversation_members m
+       WHERE m.conversation_id = $1 AND m.state = 'active' AND NOT m.muted
+         AND m.delivered_seq < $2 AND m.read_seq < $2
+         AND ($3::uuid[] IS NULL OR m.user_id = ANY($3::uuid[]))
+         AND m.user_id <> ALL($4::uuid[])
+         AND m.user_id > COALESCE($5::uuid, '00000000-0000-0000-0000-000000000000'::uuid)
+       ORDER BY m.user_id LIMIT $6`,
+      [conversationId, String(seq), q.userIds ?? null, q.excludeUserIds, q.afterUserId || null, q.limit],
+    );
+    return {
+      kind: head.kind,
+      name: head.name ?? "",
+      candidates: rows.map((r) => ({ userId: r.user_id, deliveredSeq: Number(r.delivered_seq), readSeq: Number(r.read_seq) })),
     };
   }
 

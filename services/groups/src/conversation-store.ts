@@ -1,6 +1,7 @@
 import type {
   ChangeRecord,
   Conversation,
+  ConversationKind,
   CursorMove,
   DeviceCursor,
   Member,
@@ -49,6 +50,19 @@ export interface NewGroup {
 }
 
 /** The conversations port: conversations, members, blocks and the change outbox (Postgres). */
+export interface PushCandidateQuery {
+  userIds?: readonly string[];
+  excludeUserIds: readonly string[];
+  afterUserId: string;
+  limit: number;
+}
+
+export interface PushCandidates {
+  kind: ConversationKind;
+  name: string;
+  candidates: { userId: string; deliveredSeq: number; readSeq: number }[];
+}
+
 export interface ConversationStore {
   /**
    * Creates the direct conversation `conversationId` of two users unless it exists.
@@ -108,6 +122,15 @@ export interface ConversationStore {
     seq: number,
     readers?: { afterUserId: string; limit: number },
   ): Promise<Receipts | undefined>;
+
+  /**
+   * Who should get a push for the messages up to `seq`: active members whose delivered
+   * and read cursors are both below `seq` and who have not muted the conversation,
+   * ordered by user id after `q.afterUserId` ("" = from the start), at most `q.limit`;
+   * only `q.userIds` when given; never `q.excludeUserIds`. Undefined for unknown and
+   * deleted conversations.
+   */
+  listPushCandidates(conversationId: string, seq: number, q: PushCandidateQuery): Promise<PushCandidates | undefined>;
 
   /**
    * Records a block (idempotent). When it is new, bumps the pair's direct conversation

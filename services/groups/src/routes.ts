@@ -16,6 +16,7 @@ import { getOrCreateDirectConversation } from "./routes/get-or-create-direct-con
 import { getReceipts } from "./routes/get-receipts.js";
 import { listBlockedUsers } from "./routes/list-blocked-users.js";
 import { listMembers } from "./routes/list-members.js";
+import { listPushCandidates } from "./routes/list-push-candidates.js";
 import { listUserConversations } from "./routes/list-user-conversations.js";
 import { listUserGroupIds } from "./routes/list-user-group-ids.js";
 import { removeMember } from "./routes/remove-member.js";
@@ -53,6 +54,7 @@ export function groupsRoutes(ctx: GroupsContext): Routes {
       advanceReadCursors: h(advanceReadCursors(ctx)),
       advanceCursors: h(advanceCursors(ctx)),
       getReceipts: h(getReceipts(ctx)),
+      listPushCandidates: h(listPushCandidates(ctx)),
       blockUser: h(blockUser(ctx)),
       unblockUser: h(unblockUser(ctx)),
       listBlockedUsers: h(listBlockedUsers(ctx)),

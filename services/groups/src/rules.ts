@@ -28,6 +28,10 @@ export const LIMITS = {
   userConversations: 1000,
   listMembersDefault: 100,
   listMembersMax: 1000,
+  /** Push candidates per page, and users per filtered ListPushCandidates call. */
+  pushCandidates: 1000,
+  /** Excluded users per ListPushCandidates call. */
+  pushExcluded: 100,
 } as const;
 
 /** The one answer for unknown, deleted and not-a-member: ids are no oracle. */

@@ -555,6 +555,54 @@ export function describeConversationStore(name: string, open: () => Promise<Disp
       });
     });
 
+    describe("push candidates", () => {
+      const cur = (userId: string, conversationId: string, d: number, r: number): DeviceCursor => ({
+        userId,
+        deviceId: randomUuid(),
+        conversationId,
+        deliveredSeq: d,
+        readSeq: r,
+        maxSeq: 100,
+      });
+      const users = (c: { candidates: { userId: string }[] } | undefined) => c?.candidates.map((x) => x.userId);
+
+      it("lists active, unmuted members that neither received nor read up to seq, paged by user id", async () => {
+        const owner = randomUuid();
+        const [got, readIt, muted, behind, leaver, fresh] = ids(6) as [string, string, string, string, string, string];
+        const { conversation: g, changeId } = await group(owner, [got, readIt, muted, behind, leaver, fresh]);
+        const id = g.conversationId;
+        await store.markPublished(id, changeId, 1, [], T0);
+        await store.advanceCursors([cur(got, id, 9, 0), cur(behind, id, 4, 3), cur(muted, id, 2, 0)]);
+        await store.advanceReadCursors([{ userId: readIt, conversationId: id, seq: 9 }]);
+        await store.setMuted(id, muted, true);
+        await store.mutateGroup(id, (tx) => tx.leave([leaver]));
+        const all = await store.listPushCandidates(id, 9, { excludeUserIds: [owner], afterUserId: "", limit: 100 });
+        assert.deepEqual([all?.kind, all?.name], ["group", "team"]);
+        assert.deepEqual(users(all), [behind, fresh].sort());
+        const behindRow = all?.candidates.find((c) => c.userId === behind);
+        assert.deepEqual(behindRow && [behindRow.deliveredSeq, behindRow.readSeq], [4, 3]);
+        // At seq 5 the one who received 9 is not asked, the one who received 4 is; at 4, not.
+        assert.deepEqual(users(await store.listPushCandidates(id, 4, { excludeUserIds: [], afterUserId: "", limit: 100 })), [owner, fresh].sort());
+        assert.deepEqual(users(await store.listPushCandidates(id, 5, { excludeUserIds: [], afterUserId: "", limit: 100 })), [owner, behind, fresh].sort());
+        // Paging and filtering.
+        const sorted = [owner, behind, fresh].sort();
+        assert.deepEqual(users(await store.listPushCandidates(id, 9, { excludeUserIds: [], afterUserId: "", limit: 2 })), sorted.slice(0, 2));
+        assert.deepEqual(users(await store.listPushCandidates(id, 9, { excludeUserIds: [], afterUserId: sorted[1]!, limit: 2 })), sorted.slice(2));
+        assert.deepEqual(users(await store.listPushCandidates(id, 9, { userIds: [fresh, got, randomUuid()], excludeUserIds: [], afterUserId: "", limit: 100 })), [fresh]);
+        // A direct conversation: the peer, until their device received the message.
+        const d = await direct(owner, fresh);
+        const dq = { excludeUserIds: [owner], afterUserId: "", limit: 10 };
+        const peer = await store.listPushCandidates(d.conversation.conversationId, 3, dq);
+        assert.deepEqual([peer?.kind, users(peer)], ["direct", [fresh]]);
+        await store.advanceCursors([cur(fresh, d.conversation.conversationId, 3, 0)]);
+        assert.deepEqual(users(await store.listPushCandidates(d.conversation.conversationId, 3, dq)), []);
+        // Unknown and deleted conversations have none.
+        assert.equal(await store.listPushCandidates(randomUuid(), 1, { excludeUserIds: [], afterUserId: "", limit: 10 }), undefined);
+        await store.mutateGroup(id, (tx) => tx.markDeleted(T0));
+        assert.equal(await store.listPushCandidates(id, 9, { excludeUserIds: [], afterUserId: "", limit: 10 }), undefined);
+      });
+    });
+
     describe("change outbox", () => {
       it("keeps a conversation's changes in commit order until published", async () => {
         const owner = randomUuid();

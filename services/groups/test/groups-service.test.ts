@@ -197,6 +197,25 @@ function describeGroupsService(backend: string, openSql: () => Promise<Sql>) {
         await rejectsWith(client.getMembership({ conversationId: randomUuid(), userId: "a" }), Code.InvalidArgument);
       });
 
+      it("lists push candidates over RPC, paged, and rejects bad input", async () => {
+        const [a, b] = [randomUuid(), randomUuid()];
+        const id = (await client.getOrCreateDirectConversation({ userId: a, peerUserId: b })).conversation!.conversationId;
+        const got = await client.listPushCandidates({ conversationId: id, seq: 1n, excludeUserIds: [a], limit: 1 });
+        assert.deepEqual([got.kind, got.candidates.map((c) => c.userId), got.nextAfterUserId], [ConversationKind.DIRECT, [b], ""]);
+        const both = await client.listPushCandidates({ conversationId: id, seq: 1n, limit: 1 });
+        assert.equal(both.candidates.length, 1);
+        assert.equal(both.nextAfterUserId, both.candidates[0]!.userId, "a full page names where the next one starts");
+        assert.deepEqual((await client.listPushCandidates({ conversationId: randomUuid(), seq: 1n })).candidates, []);
+        await rejectsWith(client.listPushCandidates({ conversationId: id, seq: 0n }), Code.InvalidArgument);
+        await rejectsWith(client.listPushCandidates({ conversationId: "x", seq: 1n }), Code.InvalidArgument);
+        await rejectsWith(client.listPushCandidates({ conversationId: id, seq: 1n, userIds: ["u"] }), Code.InvalidArgument);
+        await rejectsWith(
+          client.listPushCandidates({ conversationId: id, seq: 1n, userIds: Array.from({ length: 1001 }, () => randomUuid()) }),
+          Code.InvalidArgument,
+        );
+        await rejectsWith(client.listPushCandidates({ conversationId: id, seq: 1n, limit: 1001 }), Code.InvalidArgument);
+      });
+
       it("blocks either way: no new 1:1, an existing one is read-only for both; the pair's change is published without event", async () => {
         const [a, b, c] = [randomUuid(), randomUuid(), randomUuid()];
         await client.blockUser({ userId: a, blockedUserId: b });

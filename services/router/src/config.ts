@@ -19,6 +19,10 @@ export interface RouterConfig {
    */
   groupMembershipTtlMs: number;
   directMembershipTtlMs: number;
+  /** `PARLEY_ROUTER_NOTIFY_QUEUE_MAX`: most conversations whose push summaries wait for notify (the oldest are dropped beyond). */
+  notifyQueueMax: number;
+  /** `PARLEY_ROUTER_NOTIFY_RETRY_MS`: first retry delay after notify failed (doubling up to 30 s). */
+  notifyRetryMs: number;
   /** `PARLEY_REDIS_URL`: the connection registry the gateways write, in Redis; unset → in memory (one process). */
   redisUrl: string | undefined;
   redisPrefix: string;
@@ -36,6 +40,8 @@ export function loadConfig(env: Env): RouterConfig {
     membershipCacheEntries: envInt(env, "PARLEY_ROUTER_MEMBERSHIP_CACHE", 100_000, 1, 100_000_000),
     groupMembershipTtlMs: envInt(env, "PARLEY_ROUTER_GROUP_MEMBERSHIP_TTL_MS", 30_000, 100, 3_600_000),
     directMembershipTtlMs: envInt(env, "PARLEY_ROUTER_DIRECT_MEMBERSHIP_TTL_MS", 600_000, 100, 86_400_000),
+    notifyQueueMax: envInt(env, "PARLEY_ROUTER_NOTIFY_QUEUE_MAX", 100_000, 1, 10_000_000),
+    notifyRetryMs: envInt(env, "PARLEY_ROUTER_NOTIFY_RETRY_MS", 200, 1, 60_000),
     redisUrl: redisUrlFrom(env),
     redisPrefix: redisPrefixFrom(env),
     logLevel: envString(env, "PARLEY_LOG_LEVEL", "info"),

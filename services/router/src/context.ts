@@ -19,6 +19,7 @@ import { peer } from "../../../lib/process-discovery.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { RouterConfig } from "./config.js";
 import { FanOut } from "./fan-out.js";
+import { NotifyQueue } from "./notify-queue.js";
 import { MembershipCache } from "./membership-cache.js";
 import { GatewayClients, type DialGateway } from "../../../lib/gateway-clients.js";
 
@@ -42,6 +43,8 @@ export class RouterContext {
   readonly appends: ShardedBatcher<MessageInitShape<typeof AppendRequestSchema>, AppendResponse>;
   readonly membership: MembershipCache;
   readonly fanOut: FanOut;
+  /** Stored messages on their way to notify (push decisions). */
+  readonly notifyQueue: NotifyQueue;
 
   private constructor(
     private readonly transports: OwnedTransport[],
@@ -71,7 +74,13 @@ export class RouterContext {
       negativeTtlMs: 1000,
       clock,
     });
-    this.fanOut = new FanOut(registry, (id) => this.gatewayClients.get(id), createClient(NotifyService, notify), logger);
+    this.fanOut = new FanOut(registry, (id) => this.gatewayClients.get(id), logger);
+    this.notifyQueue = new NotifyQueue(createClient(NotifyService, notify), logger.child({ subsystem: "notify-queue" }), {
+      maxConversations: cfg.notifyQueueMax,
+      retryBaseMs: cfg.notifyRetryMs,
+      retryMaxMs: 30_000,
+      callTimeoutMs: 5000,
+    });
   }
 
   static async fromConfig(cfg: RouterConfig, o: RouterOverrides = {}): Promise<RouterContext> {
@@ -95,6 +104,7 @@ export class RouterContext {
 
   async close(): Promise<void> {
     await this.fanOut.idle();
+    await this.notifyQueue.close();
     this.gatewayClients.close();
     for (const t of this.transports) t.close();
     if (this.ownsRegistry) await this.registry.close();

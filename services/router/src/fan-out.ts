@@ -4,7 +4,6 @@ import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
 import { MessageSchema as ClientMessageSchema } from "../../../gen/parley/client/v1/types_pb.js";
 import type { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
-import type { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import { clientMessage } from "../../../lib/client-message.js";
 import type { Logger } from "../../../lib/logger.js";
 import { gatewaysOf, type ConnectionRegistry, type DeviceLocation } from "../../../lib/registry/connection-registry.js";
@@ -44,7 +43,7 @@ interface Outgoing {
   senderDeviceId: string;
   route: ConversationRoute;
   frame(): Uint8Array;
-  /** Stored messages: their sequence number (gateways de-duplicate by it) and, for pushes, the message. */
+  /** Stored messages: their sequence number (gateways de-duplicate by it) and the message. */
   seq: bigint;
   message?: Message;
   membership?: MembershipChange;
@@ -81,7 +80,6 @@ export interface FanOutStats {
 
 /** At most this many messages share one registry lookup. */
 const MAX_BATCH = 256;
-const PREVIEW_CHARS = 120;
 
 /**
  * Delivers stored messages to the gateways that hold the members' devices. Messages
@@ -104,7 +102,6 @@ export class FanOut {
   constructor(
     private readonly registry: ConnectionRegistry,
     private readonly gateway: (gatewayId: string) => Client<typeof DeliveryService> | undefined,
-    private readonly notify: Client<typeof NotifyService> | undefined,
     private readonly logger: Logger,
     /** How long a message waits for a predecessor that has not come back from the store yet. */
     reorderHoldMs = 100,
@@ -177,13 +174,9 @@ export class FanOut {
 
   private dispatchDirect(item: Outgoing, where: Map<string, string[]>, devices: Map<string, DeviceLocation[]>): void {
     const byGateway = new Map<string, string[]>();
-    const offline: string[] = [];
     for (const userId of item.route.memberIds) {
       const gateways = where.get(userId);
-      if (!gateways) {
-        if (userId !== item.senderId) offline.push(userId);
-        continue;
-      }
+      if (!gateways) continue;
       for (const gw of gateways) {
         // A gateway whose only device of the sender is the sending device: nothing to deliver there.
         if (userId === item.senderId && onlySendingDevice(devices.get(userId)!, gw, item.senderDeviceId)) continue;
@@ -207,8 +200,6 @@ export class FanOut {
         } else void this.forget(gatewayId, userIds, []);
       }
     }
-    // Only stored messages are pushed to offline devices (never a typing event).
-    if (offline.length > 0 && item.message) this.pushOffline(item.message, offline);
   }
 
   /**
@@ -271,20 +262,6 @@ export class FanOut {
     } catch (err) {
       this.logger.warn({ err, gatewayId }, "registry cleanup failed");
     }
-  }
-
-  private pushOffline(m: Message, userIds: string[]): void {
-    if (!this.notify) return;
-    this.notify
-      .notifyOffline({
-        userIds,
-        conversationId: m.conversationId,
-        seq: m.seq,
-        messageId: m.messageId,
-        senderId: m.senderId,
-        preview: [...m.body].slice(0, PREVIEW_CHARS).join(""),
-      })
-      .catch((err: unknown) => this.logger.warn({ err }, "notify failed"));
   }
 }
 

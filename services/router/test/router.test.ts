@@ -8,7 +8,7 @@ import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
 import { DeliveryService, type DeliverRequest } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import { ConversationKind, GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import { AppendResponseSchema, MessageSchema, MessageStoreService, type AppendRequest, type Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
-import { NotifyService, type NotifyOfflineRequest } from "../../../gen/parley/notify/v1/notify_service_pb.js";
+import { ConversationKind as PushKind, NotifyService, type StoredMessages } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import { RouterService } from "../../../gen/parley/router/v1/router_service_pb.js";
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
 import { createLogger } from "../../../lib/logger.js";
@@ -115,7 +115,10 @@ interface Harness {
   appends: AppendRequest[];
   /** Sizes of the AppendBatch calls the router made. */
   appendBatches: number[];
-  notified: NotifyOfflineRequest[];
+  /** What the router handed to notify (MessagesStored items), in order. */
+  notified: StoredMessages[];
+  /** Set to make MessagesStored fail with UNAVAILABLE. */
+  notifyDown: { down: boolean };
   clock: { now: number };
 }
 
@@ -137,7 +140,8 @@ async function harness(): Promise<Harness> {
   const appendBatches: number[] = [];
   const stored = new Map<string, Message>();
   const seqs = new Map<string, number>();
-  const notified: NotifyOfflineRequest[] = [];
+  const notified: StoredMessages[] = [];
+  const notifyDown = { down: false };
   const clock = { now: 1_000_000 };
   const ctx = await RouterContext.fromConfig(loadConfig({}), {
     registry,
@@ -204,15 +208,16 @@ async function harness(): Promise<Harness> {
     }),
     notify: inProcess((r) =>
       r.service(NotifyService, {
-        notifyOffline: (req) => {
-          notified.push(req);
+        messagesStored: (req) => {
+          if (notifyDown.down) throw new ConnectError("notify is down", Code.Unavailable);
+          notified.push(...req.messages);
           return {};
         },
       }),
     ),
   });
   const router = createClient(RouterService, inProcess(routerRoutes(ctx)));
-  return { ctx, router, registry, gateways, dialed, groupsCalls, groupsGate, conversations, appends, appendBatches, notified, clock };
+  return { ctx, router, registry, gateways, dialed, groupsCalls, groupsGate, conversations, appends, appendBatches, notified, notifyDown, clock };
 }
 
 const gw = (h: Harness, id: string) => h.gateways.get(id)!;
@@ -259,7 +264,7 @@ describe("router: send and fan-out", () => {
   beforeEach(async () => (h = await harness()));
   afterEach(() => h.ctx.close());
 
-  it("1:1: one envelope per gateway with that gateway's users; the offline peer is notified, the sender not", async () => {
+  it("1:1: one envelope per gateway with that gateway's users; every stored message is handed to notify", async () => {
     const [sender, peer] = [randomUUID(), randomUUID()];
     const senderPhone = await online(h, "gw-1", sender);
     await online(h, "gw-2", sender); // the sender's laptop
@@ -291,14 +296,13 @@ describe("router: send and fan-out", () => {
       assert.equal(frame.kind.value.senderDeviceId, senderPhone);
       assert.equal(frame.kind.value.messageId, ack.messageId);
     }
-    assert.equal(h.notified.length, 0, "both users are online");
-    const off = direct(h, sender, randomUUID());
-    await send(h, off, sender, "are you there?");
+    // Notify decides about pushes from delivery cursors: it gets the message, online or not.
     await until("notify", () => h.notified.length === 1);
-    assert.equal(h.notified[0]!.conversationId, off);
-    assert.equal(h.notified[0]!.seq, 1n);
-    assert.equal(h.notified[0]!.senderId, sender);
-    assert.equal(h.notified[0]!.preview, "are you there?");
+    const n = h.notified[0]!;
+    assert.deepEqual(
+      [n.conversationId, n.kind, n.seq, n.messageId, n.senderId, n.preview, n.count, n.recipientIds],
+      [c, PushKind.DIRECT, 1n, ack.messageId, sender, "hello", 1, [peer]],
+    );
   });
 
   it("1:1: no Deliver to a gateway whose only device of the sender is the sending device", async () => {
@@ -365,15 +369,32 @@ describe("router: send and fan-out", () => {
     assert.deepEqual((await h.registry.lookupTopics([c])).get(c), undefined);
   });
 
-  it("an offline sender is not notified of their own message; the preview is cut to 120 characters", async () => {
+  it("hands notify one summary per conversation and call (count, newest message, preview cut to 120 characters); retries while notify is down", async () => {
     const [sender, peer] = [randomUUID(), randomUUID()];
-    const c = group(h, [sender, peer], ConversationKind.DIRECT);
+    const c = direct(h, sender, peer);
+    const g = group(h, [sender, peer, randomUUID()], ConversationKind.GROUP);
+    h.notifyDown.down = true;
+    await send(h, c, sender, "first");
     await send(h, c, sender, "é".repeat(200));
-    await h.ctx.fanOut.idle();
-    await until("notify", () => h.notified.length === 1);
-    assert.deepEqual(h.notified[0]!.userIds, [peer]);
-    assert.equal([...h.notified[0]!.preview].length, 120);
-    assert.equal(gw(h, "gw-1").calls.length + gw(h, "gw-2").calls.length, 0);
+    await send(h, g, peer, "to the group");
+    await send(h, g, peer, "again");
+    await until("a failed hand-over", () => h.ctx.notifyQueue.stats.failedCalls >= 1);
+    assert.equal(h.notified.length, 0);
+    h.notifyDown.down = false;
+    await until("notify", () => h.notified.length === 2);
+    const byId = new Map(h.notified.map((x) => [x.conversationId, x]));
+    const d = byId.get(c)!;
+    assert.deepEqual([d.kind, d.seq, d.count, d.recipientIds, [...d.preview].length], [PushKind.DIRECT, 2n, 2, [peer], 120]);
+    const gg = byId.get(g)!;
+    assert.deepEqual([gg.kind, gg.seq, gg.count, gg.recipientIds, gg.senderId, gg.preview], [PushKind.GROUP, 2n, 2, [], peer, "again"]);
+    assert.equal(h.ctx.notifyQueue.stats.handedOver, 4);
+    // A resend (same client message id) is not handed over again.
+    const resendId = randomUUID();
+    await send(h, c, sender, "x", { clientMsgId: resendId });
+    await send(h, c, sender, "x", { clientMsgId: resendId });
+    await until("notify", () => h.notified.length === 3);
+    await h.ctx.notifyQueue.idle();
+    assert.equal(h.ctx.notifyQueue.stats.handedOver, 5);
   });
 
   it("one registry lookup per batch of messages, not per message or recipient", async () => {

@@ -2,31 +2,371 @@
 // @generated from file parley/notify/v1/notify_service.proto (package parley.notify.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/notify/v1/notify_service.proto.
  */
 export const file_parley_notify_v1_notify_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVwYXJsZXkvbm90aWZ5L3YxL25vdGlmeV9zZXJ2aWNlLnByb3RvEhBwYXJsZXkubm90aWZ5LnYxIoYBChROb3RpZnlPZmZsaW5lUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEhIKCm1lc3NhZ2VfaWQYBCABKAkSEQoJc2VuZGVyX2lkGAUgASgJEg8KB3ByZXZpZXcYBiABKAkiJwoVTm90aWZ5T2ZmbGluZVJlc3BvbnNlEg4KBnF1ZXVlZBgBIAEoDTJxCg1Ob3RpZnlTZXJ2aWNlEmAKDU5vdGlmeU9mZmxpbmUSJi5wYXJsZXkubm90aWZ5LnYxLk5vdGlmeU9mZmxpbmVSZXF1ZXN0GicucGFybGV5Lm5vdGlmeS52MS5Ob3RpZnlPZmZsaW5lUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("CiVwYXJsZXkvbm90aWZ5L3YxL25vdGlmeV9zZXJ2aWNlLnByb3RvEhBwYXJsZXkubm90aWZ5LnYxIkUKE1dlYlB1c2hTdWJzY3JpcHRpb24SEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAki6QEKClB1c2hEZXZpY2USFgoOcHVzaF9kZXZpY2VfaWQYASABKAkSMAoIcGxhdGZvcm0YAiABKA4yHi5wYXJsZXkubm90aWZ5LnYxLlB1c2hQbGF0Zm9ybRIOCgZhcHBfaWQYAyABKAkSEgoKdG9rZW5faGludBgEIAEoCRINCgVsYWJlbBgFIAEoCRIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLBAQoVUmVnaXN0ZXJEZXZpY2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSMAoIcGxhdGZvcm0YAiABKA4yHi5wYXJsZXkubm90aWZ5LnYxLlB1c2hQbGF0Zm9ybRINCgV0b2tlbhgDIAEoCRI3Cgh3ZWJfcHVzaBgEIAEoCzIlLnBhcmxleS5ub3RpZnkudjEuV2ViUHVzaFN1YnNjcmlwdGlvbhIOCgZhcHBfaWQYBSABKAkSDQoFbGFiZWwYBiABKAkiVwoWUmVnaXN0ZXJEZXZpY2VSZXNwb25zZRIsCgZkZXZpY2UYASABKAsyHC5wYXJsZXkubm90aWZ5LnYxLlB1c2hEZXZpY2USDwoHY3JlYXRlZBgCIAEoCCJCChdVbnJlZ2lzdGVyRGV2aWNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhYKDnB1c2hfZGV2aWNlX2lkGAIgASgJIhoKGFVucmVnaXN0ZXJEZXZpY2VSZXNwb25zZSIlChJMaXN0RGV2aWNlc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJEChNMaXN0RGV2aWNlc1Jlc3BvbnNlEi0KB2RldmljZXMYASADKAsyHC5wYXJsZXkubm90aWZ5LnYxLlB1c2hEZXZpY2UidwoUTm90aWZpY2F0aW9uU2V0dGluZ3MSLgoHcHJpdmFjeRgBIAEoDjIdLnBhcmxleS5ub3RpZnkudjEuUHVzaFByaXZhY3kSLwoLbXV0ZWRfdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiUKEkdldFNldHRpbmdzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIk8KE0dldFNldHRpbmdzUmVzcG9uc2USOAoIc2V0dGluZ3MYASABKAsyJi5wYXJsZXkubm90aWZ5LnYxLk5vdGlmaWNhdGlvblNldHRpbmdzIpkBChVVcGRhdGVTZXR0aW5nc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIuCgdwcml2YWN5GAIgASgOMh0ucGFybGV5Lm5vdGlmeS52MS5QdXNoUHJpdmFjeRIvCgttdXRlZF91bnRpbBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGdW5tdXRlGAQgASgIIlIKFlVwZGF0ZVNldHRpbmdzUmVzcG9uc2USOAoIc2V0dGluZ3MYASABKAsyJi5wYXJsZXkubm90aWZ5LnYxLk5vdGlmaWNhdGlvblNldHRpbmdzIvsBCg5TdG9yZWRNZXNzYWdlcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSMAoEa2luZBgCIAEoDjIiLnBhcmxleS5ub3RpZnkudjEuQ29udmVyc2F0aW9uS2luZBILCgNzZXEYAyABKAQSEgoKbWVzc2FnZV9pZBgEIAEoCRIRCglzZW5kZXJfaWQYBSABKAkSDwoHcHJldmlldxgGIAEoCRINCgVjb3VudBgHIAEoDRIVCg1yZWNpcGllbnRfaWRzGAggAygJEjMKD2ZpcnN0X3N0b3JlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoVTWVzc2FnZXNTdG9yZWRSZXF1ZXN0EjIKCG1lc3NhZ2VzGAEgAygLMiAucGFybGV5Lm5vdGlmeS52MS5TdG9yZWRNZXNzYWdlcyIYChZNZXNzYWdlc1N0b3JlZFJlc3BvbnNlIhEKD0dldFN0YXRzUmVxdWVzdCLKAQoQR2V0U3RhdHNSZXNwb25zZRIZChFtZXNzYWdlc19yZWNlaXZlZBgBIAEoBBIQCghqb2JzX2R1ZRgCIAEoBBIWCg5wdXNoZXNfY3JlYXRlZBgDIAEoBBIYChBwdXNoZXNfY2FuY2VsbGVkGAQgASgEEhAKCHNlbmRzX29rGAUgASgEEhUKDXNlbmRzX3JldHJpZWQYBiABKAQSFwoPZGV2aWNlc19yZW1vdmVkGAcgASgEEhUKDWRlYWRfbGV0dGVyZWQYCCABKAQiJwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoDSLeAQoKRGVhZExldHRlchIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIWCg5wdXNoX2RldmljZV9pZBgDIAEoCRIwCghwbGF0Zm9ybRgEIAEoDjIeLnBhcmxleS5ub3RpZnkudjEuUHVzaFBsYXRmb3JtEgsKA3NlcRgFIAEoBBIQCghhdHRlbXB0cxgGIAEoDRIOCgZyZWFzb24YByABKAkSLQoJZmFpbGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJNChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIyCgxkZWFkX2xldHRlcnMYASADKAsyHC5wYXJsZXkubm90aWZ5LnYxLkRlYWRMZXR0ZXIqkwEKDFB1c2hQbGF0Zm9ybRIdChlQVVNIX1BMQVRGT1JNX1VOU1BFQ0lGSUVEEAASFQoRUFVTSF9QTEFURk9STV9GQ00QARIWChJQVVNIX1BMQVRGT1JNX0FQTlMQAhIaChZQVVNIX1BMQVRGT1JNX1dFQl9QVVNIEAMSGQoVUFVTSF9QTEFURk9STV9XRUJIT09LEAQqdwoLUHVzaFByaXZhY3kSHAoYUFVTSF9QUklWQUNZX1VOU1BFQ0lGSUVEEAASFQoRUFVTSF9QUklWQUNZX0ZVTEwQARIcChhQVVNIX1BSSVZBQ1lfU0VOREVSX09OTFkQAhIVChFQVVNIX1BSSVZBQ1lfTk9ORRADKnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACMpwGCg1Ob3RpZnlTZXJ2aWNlEmMKDlJlZ2lzdGVyRGV2aWNlEicucGFybGV5Lm5vdGlmeS52MS5SZWdpc3RlckRldmljZVJlcXVlc3QaKC5wYXJsZXkubm90aWZ5LnYxLlJlZ2lzdGVyRGV2aWNlUmVzcG9uc2USaQoQVW5yZWdpc3RlckRldmljZRIpLnBhcmxleS5ub3RpZnkudjEuVW5yZWdpc3RlckRldmljZVJlcXVlc3QaKi5wYXJsZXkubm90aWZ5LnYxLlVucmVnaXN0ZXJEZXZpY2VSZXNwb25zZRJaCgtMaXN0RGV2aWNlcxIkLnBhcmxleS5ub3RpZnkudjEuTGlzdERldmljZXNSZXF1ZXN0GiUucGFybGV5Lm5vdGlmeS52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlEloKC0dldFNldHRpbmdzEiQucGFybGV5Lm5vdGlmeS52MS5HZXRTZXR0aW5nc1JlcXVlc3QaJS5wYXJsZXkubm90aWZ5LnYxLkdldFNldHRpbmdzUmVzcG9uc2USYwoOVXBkYXRlU2V0dGluZ3MSJy5wYXJsZXkubm90aWZ5LnYxLlVwZGF0ZVNldHRpbmdzUmVxdWVzdBooLnBhcmxleS5ub3RpZnkudjEuVXBkYXRlU2V0dGluZ3NSZXNwb25zZRJjCg5NZXNzYWdlc1N0b3JlZBInLnBhcmxleS5ub3RpZnkudjEuTWVzc2FnZXNTdG9yZWRSZXF1ZXN0GigucGFybGV5Lm5vdGlmeS52MS5NZXNzYWdlc1N0b3JlZFJlc3BvbnNlElEKCEdldFN0YXRzEiEucGFybGV5Lm5vdGlmeS52MS5HZXRTdGF0c1JlcXVlc3QaIi5wYXJsZXkubm90aWZ5LnYxLkdldFN0YXRzUmVzcG9uc2USZgoPTGlzdERlYWRMZXR0ZXJzEigucGFybGV5Lm5vdGlmeS52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GikucGFybGV5Lm5vdGlmeS52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
- * @generated from message parley.notify.v1.NotifyOfflineRequest
+ * @generated from message parley.notify.v1.WebPushSubscription
  */
-export type NotifyOfflineRequest = Message<"parley.notify.v1.NotifyOfflineRequest"> & {
+export type WebPushSubscription = Message<"parley.notify.v1.WebPushSubscription"> & {
   /**
-   * @generated from field: repeated string user_ids = 1;
+   * https URL of the browser's push service.
+   *
+   * @generated from field: string endpoint = 1;
    */
-  userIds: string[];
+  endpoint: string;
 
   /**
-   * @generated from field: string conversation_id = 2;
+   * The subscription's P-256 public key and auth secret, base64url (as in PushSubscription.toJSON()).
+   *
+   * @generated from field: string p256dh = 2;
+   */
+  p256dh: string;
+
+  /**
+   * @generated from field: string auth = 3;
+   */
+  auth: string;
+};
+
+/**
+ * Describes the message parley.notify.v1.WebPushSubscription.
+ * Use `create(WebPushSubscriptionSchema)` to create a new message.
+ */
+export const WebPushSubscriptionSchema: GenMessage<WebPushSubscription> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 0);
+
+/**
+ * @generated from message parley.notify.v1.PushDevice
+ */
+export type PushDevice = Message<"parley.notify.v1.PushDevice"> & {
+  /**
+   * @generated from field: string push_device_id = 1;
+   */
+  pushDeviceId: string;
+
+  /**
+   * @generated from field: parley.notify.v1.PushPlatform platform = 2;
+   */
+  platform: PushPlatform;
+
+  /**
+   * The app: APNs bundle id (topic), FCM/webhook: passed along. May be empty.
+   *
+   * @generated from field: string app_id = 3;
+   */
+  appId: string;
+
+  /**
+   * The last characters of the token or endpoint, to tell devices apart (never the whole token).
+   *
+   * @generated from field: string token_hint = 4;
+   */
+  tokenHint: string;
+
+  /**
+   * A name the client chose ("Ann's phone").
+   *
+   * @generated from field: string label = 5;
+   */
+  label: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 7;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.notify.v1.PushDevice.
+ * Use `create(PushDeviceSchema)` to create a new message.
+ */
+export const PushDeviceSchema: GenMessage<PushDevice> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 1);
+
+/**
+ * @generated from message parley.notify.v1.RegisterDeviceRequest
+ */
+export type RegisterDeviceRequest = Message<"parley.notify.v1.RegisterDeviceRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: parley.notify.v1.PushPlatform platform = 2;
+   */
+  platform: PushPlatform;
+
+  /**
+   * FCM registration token, APNs device token (hex) or the webhook device id. Not for Web Push.
+   *
+   * @generated from field: string token = 3;
+   */
+  token: string;
+
+  /**
+   * @generated from field: parley.notify.v1.WebPushSubscription web_push = 4;
+   */
+  webPush?: WebPushSubscription | undefined;
+
+  /**
+   * @generated from field: string app_id = 5;
+   */
+  appId: string;
+
+  /**
+   * @generated from field: string label = 6;
+   */
+  label: string;
+};
+
+/**
+ * Describes the message parley.notify.v1.RegisterDeviceRequest.
+ * Use `create(RegisterDeviceRequestSchema)` to create a new message.
+ */
+export const RegisterDeviceRequestSchema: GenMessage<RegisterDeviceRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 2);
+
+/**
+ * @generated from message parley.notify.v1.RegisterDeviceResponse
+ */
+export type RegisterDeviceResponse = Message<"parley.notify.v1.RegisterDeviceResponse"> & {
+  /**
+   * @generated from field: parley.notify.v1.PushDevice device = 1;
+   */
+  device?: PushDevice | undefined;
+
+  /**
+   * False when the device was registered before (its entry was updated).
+   *
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+};
+
+/**
+ * Describes the message parley.notify.v1.RegisterDeviceResponse.
+ * Use `create(RegisterDeviceResponseSchema)` to create a new message.
+ */
+export const RegisterDeviceResponseSchema: GenMessage<RegisterDeviceResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 3);
+
+/**
+ * @generated from message parley.notify.v1.UnregisterDeviceRequest
+ */
+export type UnregisterDeviceRequest = Message<"parley.notify.v1.UnregisterDeviceRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string push_device_id = 2;
+   */
+  pushDeviceId: string;
+};
+
+/**
+ * Describes the message parley.notify.v1.UnregisterDeviceRequest.
+ * Use `create(UnregisterDeviceRequestSchema)` to create a new message.
+ */
+export const UnregisterDeviceRequestSchema: GenMessage<UnregisterDeviceRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 4);
+
+/**
+ * @generated from message parley.notify.v1.UnregisterDeviceResponse
+ */
+export type UnregisterDeviceResponse = Message<"parley.notify.v1.UnregisterDeviceResponse"> & {
+};
+
+/**
+ * Describes the message parley.notify.v1.UnregisterDeviceResponse.
+ * Use `create(UnregisterDeviceResponseSchema)` to create a new message.
+ */
+export const UnregisterDeviceResponseSchema: GenMessage<UnregisterDeviceResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 5);
+
+/**
+ * @generated from message parley.notify.v1.ListDevicesRequest
+ */
+export type ListDevicesRequest = Message<"parley.notify.v1.ListDevicesRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.notify.v1.ListDevicesRequest.
+ * Use `create(ListDevicesRequestSchema)` to create a new message.
+ */
+export const ListDevicesRequestSchema: GenMessage<ListDevicesRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 6);
+
+/**
+ * @generated from message parley.notify.v1.ListDevicesResponse
+ */
+export type ListDevicesResponse = Message<"parley.notify.v1.ListDevicesResponse"> & {
+  /**
+   * @generated from field: repeated parley.notify.v1.PushDevice devices = 1;
+   */
+  devices: PushDevice[];
+};
+
+/**
+ * Describes the message parley.notify.v1.ListDevicesResponse.
+ * Use `create(ListDevicesResponseSchema)` to create a new message.
+ */
+export const ListDevicesResponseSchema: GenMessage<ListDevicesResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 7);
+
+/**
+ * @generated from message parley.notify.v1.NotificationSettings
+ */
+export type NotificationSettings = Message<"parley.notify.v1.NotificationSettings"> & {
+  /**
+   * @generated from field: parley.notify.v1.PushPrivacy privacy = 1;
+   */
+  privacy: PushPrivacy;
+
+  /**
+   * No push before this time ("do not disturb"); unset: not muted.
+   *
+   * @generated from field: google.protobuf.Timestamp muted_until = 2;
+   */
+  mutedUntil?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.notify.v1.NotificationSettings.
+ * Use `create(NotificationSettingsSchema)` to create a new message.
+ */
+export const NotificationSettingsSchema: GenMessage<NotificationSettings> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 8);
+
+/**
+ * @generated from message parley.notify.v1.GetSettingsRequest
+ */
+export type GetSettingsRequest = Message<"parley.notify.v1.GetSettingsRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message parley.notify.v1.GetSettingsRequest.
+ * Use `create(GetSettingsRequestSchema)` to create a new message.
+ */
+export const GetSettingsRequestSchema: GenMessage<GetSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 9);
+
+/**
+ * @generated from message parley.notify.v1.GetSettingsResponse
+ */
+export type GetSettingsResponse = Message<"parley.notify.v1.GetSettingsResponse"> & {
+  /**
+   * @generated from field: parley.notify.v1.NotificationSettings settings = 1;
+   */
+  settings?: NotificationSettings | undefined;
+};
+
+/**
+ * Describes the message parley.notify.v1.GetSettingsResponse.
+ * Use `create(GetSettingsResponseSchema)` to create a new message.
+ */
+export const GetSettingsResponseSchema: GenMessage<GetSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 10);
+
+/**
+ * @generated from message parley.notify.v1.UpdateSettingsRequest
+ */
+export type UpdateSettingsRequest = Message<"parley.notify.v1.UpdateSettingsRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Unset or UNSPECIFIED: unchanged.
+   *
+   * @generated from field: parley.notify.v1.PushPrivacy privacy = 2;
+   */
+  privacy: PushPrivacy;
+
+  /**
+   * Set: muted until then (a time in the past unmutes).
+   *
+   * @generated from field: google.protobuf.Timestamp muted_until = 3;
+   */
+  mutedUntil?: Timestamp | undefined;
+
+  /**
+   * Unmute now (muted_until is then ignored).
+   *
+   * @generated from field: bool unmute = 4;
+   */
+  unmute: boolean;
+};
+
+/**
+ * Describes the message parley.notify.v1.UpdateSettingsRequest.
+ * Use `create(UpdateSettingsRequestSchema)` to create a new message.
+ */
+export const UpdateSettingsRequestSchema: GenMessage<UpdateSettingsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 11);
+
+/**
+ * @generated from message parley.notify.v1.UpdateSettingsResponse
+ */
+export type UpdateSettingsResponse = Message<"parley.notify.v1.UpdateSettingsResponse"> & {
+  /**
+   * @generated from field: parley.notify.v1.NotificationSettings settings = 1;
+   */
+  settings?: NotificationSettings | undefined;
+};
+
+/**
+ * Describes the message parley.notify.v1.UpdateSettingsResponse.
+ * Use `create(UpdateSettingsResponseSchema)` to create a new message.
+ */
+export const UpdateSettingsResponseSchema: GenMessage<UpdateSettingsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 12);
+
+/**
+ * The newest of one or more messages of a conversation that a router stored.
+ *
+ * @generated from message parley.notify.v1.StoredMessages
+ */
+export type StoredMessages = Message<"parley.notify.v1.StoredMessages"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
    */
   conversationId: string;
 
   /**
+   * @generated from field: parley.notify.v1.ConversationKind kind = 2;
+   */
+  kind: ConversationKind;
+
+  /**
+   * The newest message's sequence number, id, sender and text (cut to a preview).
+   *
    * @generated from field: uint64 seq = 3;
    */
   seq: bigint;
@@ -45,46 +385,434 @@ export type NotifyOfflineRequest = Message<"parley.notify.v1.NotifyOfflineReques
    * @generated from field: string preview = 6;
    */
   preview: string;
-};
 
-/**
- * Describes the message parley.notify.v1.NotifyOfflineRequest.
- * Use `create(NotifyOfflineRequestSchema)` to create a new message.
- */
-export const NotifyOfflineRequestSchema: GenMessage<NotifyOfflineRequest> = /*@__PURE__*/
-  messageDesc(file_parley_notify_v1_notify_service, 0);
-
-/**
- * @generated from message parley.notify.v1.NotifyOfflineResponse
- */
-export type NotifyOfflineResponse = Message<"parley.notify.v1.NotifyOfflineResponse"> & {
   /**
-   * @generated from field: uint32 queued = 1;
+   * How many chat messages this stands for (1 or more).
+   *
+   * @generated from field: uint32 count = 7;
    */
-  queued: number;
+  count: number;
+
+  /**
+   * Direct conversations: the recipient. Groups: empty (every member but the sender).
+   *
+   * @generated from field: repeated string recipient_ids = 8;
+   */
+  recipientIds: string[];
+
+  /**
+   * When the first of them was stored (the push delay counts from it).
+   *
+   * @generated from field: google.protobuf.Timestamp first_stored_at = 9;
+   */
+  firstStoredAt?: Timestamp | undefined;
 };
 
 /**
- * Describes the message parley.notify.v1.NotifyOfflineResponse.
- * Use `create(NotifyOfflineResponseSchema)` to create a new message.
+ * Describes the message parley.notify.v1.StoredMessages.
+ * Use `create(StoredMessagesSchema)` to create a new message.
  */
-export const NotifyOfflineResponseSchema: GenMessage<NotifyOfflineResponse> = /*@__PURE__*/
-  messageDesc(file_parley_notify_v1_notify_service, 1);
+export const StoredMessagesSchema: GenMessage<StoredMessages> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 13);
 
 /**
- * Push notifications for users with no device online. Routers hand over the
- * recipients that were offline when a message was stored.
+ * @generated from message parley.notify.v1.MessagesStoredRequest
+ */
+export type MessagesStoredRequest = Message<"parley.notify.v1.MessagesStoredRequest"> & {
+  /**
+   * At most 1,000.
+   *
+   * @generated from field: repeated parley.notify.v1.StoredMessages messages = 1;
+   */
+  messages: StoredMessages[];
+};
+
+/**
+ * Describes the message parley.notify.v1.MessagesStoredRequest.
+ * Use `create(MessagesStoredRequestSchema)` to create a new message.
+ */
+export const MessagesStoredRequestSchema: GenMessage<MessagesStoredRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 14);
+
+/**
+ * @generated from message parley.notify.v1.MessagesStoredResponse
+ */
+export type MessagesStoredResponse = Message<"parley.notify.v1.MessagesStoredResponse"> & {
+};
+
+/**
+ * Describes the message parley.notify.v1.MessagesStoredResponse.
+ * Use `create(MessagesStoredResponseSchema)` to create a new message.
+ */
+export const MessagesStoredResponseSchema: GenMessage<MessagesStoredResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 15);
+
+/**
+ * @generated from message parley.notify.v1.GetStatsRequest
+ */
+export type GetStatsRequest = Message<"parley.notify.v1.GetStatsRequest"> & {
+};
+
+/**
+ * Describes the message parley.notify.v1.GetStatsRequest.
+ * Use `create(GetStatsRequestSchema)` to create a new message.
+ */
+export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 16);
+
+/**
+ * @generated from message parley.notify.v1.GetStatsResponse
+ */
+export type GetStatsResponse = Message<"parley.notify.v1.GetStatsResponse"> & {
+  /**
+   * Messages handed over by routers.
+   *
+   * @generated from field: uint64 messages_received = 1;
+   */
+  messagesReceived: bigint;
+
+  /**
+   * Jobs that came due (one per conversation and burst).
+   *
+   * @generated from field: uint64 jobs_due = 2;
+   */
+  jobsDue: bigint;
+
+  /**
+   * Pushes to users (each to all their devices).
+   *
+   * @generated from field: uint64 pushes_created = 3;
+   */
+  pushesCreated: bigint;
+
+  /**
+   * Pushes given up because the user read or received the messages, or muted, before the send.
+   *
+   * @generated from field: uint64 pushes_cancelled = 4;
+   */
+  pushesCancelled: bigint;
+
+  /**
+   * Sends to one device that the provider accepted.
+   *
+   * @generated from field: uint64 sends_ok = 5;
+   */
+  sendsOk: bigint;
+
+  /**
+   * @generated from field: uint64 sends_retried = 6;
+   */
+  sendsRetried: bigint;
+
+  /**
+   * @generated from field: uint64 devices_removed = 7;
+   */
+  devicesRemoved: bigint;
+
+  /**
+   * @generated from field: uint64 dead_lettered = 8;
+   */
+  deadLettered: bigint;
+};
+
+/**
+ * Describes the message parley.notify.v1.GetStatsResponse.
+ * Use `create(GetStatsResponseSchema)` to create a new message.
+ */
+export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 17);
+
+/**
+ * @generated from message parley.notify.v1.ListDeadLettersRequest
+ */
+export type ListDeadLettersRequest = Message<"parley.notify.v1.ListDeadLettersRequest"> & {
+  /**
+   * 1..1000, default 100.
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message parley.notify.v1.ListDeadLettersRequest.
+ * Use `create(ListDeadLettersRequestSchema)` to create a new message.
+ */
+export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 18);
+
+/**
+ * @generated from message parley.notify.v1.DeadLetter
+ */
+export type DeadLetter = Message<"parley.notify.v1.DeadLetter"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string push_device_id = 3;
+   */
+  pushDeviceId: string;
+
+  /**
+   * @generated from field: parley.notify.v1.PushPlatform platform = 4;
+   */
+  platform: PushPlatform;
+
+  /**
+   * @generated from field: uint64 seq = 5;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: uint32 attempts = 6;
+   */
+  attempts: number;
+
+  /**
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp failed_at = 8;
+   */
+  failedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message parley.notify.v1.DeadLetter.
+ * Use `create(DeadLetterSchema)` to create a new message.
+ */
+export const DeadLetterSchema: GenMessage<DeadLetter> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 19);
+
+/**
+ * @generated from message parley.notify.v1.ListDeadLettersResponse
+ */
+export type ListDeadLettersResponse = Message<"parley.notify.v1.ListDeadLettersResponse"> & {
+  /**
+   * @generated from field: repeated parley.notify.v1.DeadLetter dead_letters = 1;
+   */
+  deadLetters: DeadLetter[];
+};
+
+/**
+ * Describes the message parley.notify.v1.ListDeadLettersResponse.
+ * Use `create(ListDeadLettersResponseSchema)` to create a new message.
+ */
+export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_parley_notify_v1_notify_service, 20);
+
+/**
+ * @generated from enum parley.notify.v1.PushPlatform
+ */
+export enum PushPlatform {
+  /**
+   * @generated from enum value: PUSH_PLATFORM_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Firebase Cloud Messaging (Android, also iOS and web through Firebase): `token`.
+   *
+   * @generated from enum value: PUSH_PLATFORM_FCM = 1;
+   */
+  FCM = 1,
+
+  /**
+   * Apple Push Notification service: `token` (hex device token), `app_id` (bundle id).
+   *
+   * @generated from enum value: PUSH_PLATFORM_APNS = 2;
+   */
+  APNS = 2,
+
+  /**
+   * Web Push (RFC 8030/8291/8292): `web_push` (the browser's PushSubscription).
+   *
+   * @generated from enum value: PUSH_PLATFORM_WEB_PUSH = 3;
+   */
+  WEB_PUSH = 3,
+
+  /**
+   * A signed HTTP webhook to the operator's own system: `token` identifies the device there.
+   *
+   * @generated from enum value: PUSH_PLATFORM_WEBHOOK = 4;
+   */
+  WEBHOOK = 4,
+}
+
+/**
+ * Describes the enum parley.notify.v1.PushPlatform.
+ */
+export const PushPlatformSchema: GenEnum<PushPlatform> = /*@__PURE__*/
+  enumDesc(file_parley_notify_v1_notify_service, 0);
+
+/**
+ * @generated from enum parley.notify.v1.PushPrivacy
+ */
+export enum PushPrivacy {
+  /**
+   * The default: PUSH_PRIVACY_FULL.
+   *
+   * @generated from enum value: PUSH_PRIVACY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Sender (and group) and the text of the newest message.
+   *
+   * @generated from enum value: PUSH_PRIVACY_FULL = 1;
+   */
+  FULL = 1,
+
+  /**
+   * Sender (and group) and a count, no text.
+   *
+   * @generated from enum value: PUSH_PRIVACY_SENDER_ONLY = 2;
+   */
+  SENDER_ONLY = 2,
+
+  /**
+   * "New message", nothing else.
+   *
+   * @generated from enum value: PUSH_PRIVACY_NONE = 3;
+   */
+  NONE = 3,
+}
+
+/**
+ * Describes the enum parley.notify.v1.PushPrivacy.
+ */
+export const PushPrivacySchema: GenEnum<PushPrivacy> = /*@__PURE__*/
+  enumDesc(file_parley_notify_v1_notify_service, 1);
+
+/**
+ * @generated from enum parley.notify.v1.ConversationKind
+ */
+export enum ConversationKind {
+  /**
+   * @generated from enum value: CONVERSATION_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: CONVERSATION_KIND_DIRECT = 1;
+   */
+  DIRECT = 1,
+
+  /**
+   * @generated from enum value: CONVERSATION_KIND_GROUP = 2;
+   */
+  GROUP = 2,
+}
+
+/**
+ * Describes the enum parley.notify.v1.ConversationKind.
+ */
+export const ConversationKindSchema: GenEnum<ConversationKind> = /*@__PURE__*/
+  enumDesc(file_parley_notify_v1_notify_service, 2);
+
+/**
+ * Push notifications for users whose devices did not receive a message in time.
+ *
+ * Routers hand over every stored chat message (MessagesStored). Notify keeps one
+ * durable job per conversation, due a short delay after its first pending message; when
+ * it is due, every member who has not received (any device) nor read the messages, has
+ * not muted the conversation or all notifications, and has registered push devices gets
+ * one push for the burst ("3 new messages from Ann"), sent over the device's provider
+ * (FCM, APNs, Web Push, a signed webhook; a log line in the embedded default). A read on
+ * any device before the push is sent cancels it. Failed sends are retried with
+ * exponential backoff and jitter and dead-lettered after a number of tries; devices the
+ * provider reports invalid are removed.
  *
  * @generated from service parley.notify.v1.NotifyService
  */
 export const NotifyService: GenService<{
   /**
-   * @generated from rpc parley.notify.v1.NotifyService.NotifyOffline
+   * Registers a device for push, or updates it: a device is identified by its platform
+   * and token (Web Push: the subscription endpoint), so registering it again, also for
+   * another user (a new login on the same phone), replaces the old entry.
+   * INVALID_ARGUMENT for a bad token/subscription, RESOURCE_EXHAUSTED over the cap of
+   * devices per user, FAILED_PRECONDITION when the platform is not configured and the
+   * service does not fall back to the log provider.
+   *
+   * @generated from rpc parley.notify.v1.NotifyService.RegisterDevice
    */
-  notifyOffline: {
+  registerDevice: {
     methodKind: "unary";
-    input: typeof NotifyOfflineRequestSchema;
-    output: typeof NotifyOfflineResponseSchema;
+    input: typeof RegisterDeviceRequestSchema;
+    output: typeof RegisterDeviceResponseSchema;
+  },
+  /**
+   * NOT_FOUND when the user has no such device.
+   *
+   * @generated from rpc parley.notify.v1.NotifyService.UnregisterDevice
+   */
+  unregisterDevice: {
+    methodKind: "unary";
+    input: typeof UnregisterDeviceRequestSchema;
+    output: typeof UnregisterDeviceResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.notify.v1.NotifyService.ListDevices
+   */
+  listDevices: {
+    methodKind: "unary";
+    input: typeof ListDevicesRequestSchema;
+    output: typeof ListDevicesResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.notify.v1.NotifyService.GetSettings
+   */
+  getSettings: {
+    methodKind: "unary";
+    input: typeof GetSettingsRequestSchema;
+    output: typeof GetSettingsResponseSchema;
+  },
+  /**
+   * @generated from rpc parley.notify.v1.NotifyService.UpdateSettings
+   */
+  updateSettings: {
+    methodKind: "unary";
+    input: typeof UpdateSettingsRequestSchema;
+    output: typeof UpdateSettingsResponseSchema;
+  },
+  /**
+   * Durable when it answers: the messages are in the push jobs of their conversations.
+   *
+   * @generated from rpc parley.notify.v1.NotifyService.MessagesStored
+   */
+  messagesStored: {
+    methodKind: "unary";
+    input: typeof MessagesStoredRequestSchema;
+    output: typeof MessagesStoredResponseSchema;
+  },
+  /**
+   * Counters of this process, for tests and operators.
+   *
+   * @generated from rpc parley.notify.v1.NotifyService.GetStats
+   */
+  getStats: {
+    methodKind: "unary";
+    input: typeof GetStatsRequestSchema;
+    output: typeof GetStatsResponseSchema;
+  },
+  /**
+   * Pushes that failed for good (newest first).
+   *
+   * @generated from rpc parley.notify.v1.NotifyService.ListDeadLetters
+   */
+  listDeadLetters: {
+    methodKind: "unary";
+    input: typeof ListDeadLettersRequestSchema;
+    output: typeof ListDeadLettersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_notify_v1_notify_service, 0);

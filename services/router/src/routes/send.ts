@@ -78,7 +78,10 @@ async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): P
       });
       if (!message) throw new ConnectError("message store answered without a message", Code.Internal);
       // A resend was fanned out the first time; doing it again would duplicate it on devices.
-      if (!duplicate) ctx.fanOut.enqueue({ message, route, senderDeviceId: s.senderDeviceId });
+      if (!duplicate) {
+        ctx.fanOut.enqueue({ message, route, senderDeviceId: s.senderDeviceId });
+        ctx.notifyQueue.add(message, route);
+      }
       out[i] = create(SendResponseSchema, {
         conversationId: message.conversationId,
         seq: message.seq,
