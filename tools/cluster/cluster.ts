@@ -1,6 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
+import pg from "pg";
 import type { ServiceKind } from "../../lib/discovery/discovery.js";
 import { EtcdDiscovery } from "../../lib/discovery/discovery-etcd.js";
 
@@ -41,7 +42,10 @@ export interface ClusterOptions {
   counts?: Partial<Record<ServiceKind, number>>;
   /** Public port of gateway i is `gatewayBasePort + i` (0: free ports). */
   gatewayBasePort?: number;
-  /** etcd key prefix and Redis key prefix (a fresh one isolates a test cluster). */
+  /**
+   * etcd key prefix, Redis key prefix, Cassandra keyspace and Postgres schema (a fresh
+   * one isolates a test cluster; a generated one's Postgres schema is dropped by stop()).
+   */
   namespace?: string;
   logLevel?: string;
   extraEnv?: Record<string, string>;
@@ -127,13 +131,17 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     gateway: 2,
     ...o.counts,
   };
+  // Every cluster has its own Postgres schema: workers that poll tables (notify's push
+  // jobs) must not take another cluster's rows.
+  const schema = namespace.replace(/[^a-z0-9_]/gi, "_").toLowerCase();
+  await withPostgres(o.backends.postgresUrl, (c) => c.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`));
   const env: Record<string, string> = {
     PARLEY_ETCD_ENDPOINTS: o.backends.etcdUrl,
     PARLEY_ETCD_PREFIX: `/${namespace}`,
     PARLEY_DISCOVERY_TTL_SECONDS: "2",
     PARLEY_REDIS_URL: o.backends.redisUrl,
     PARLEY_REDIS_PREFIX: `${namespace}:`,
-    PARLEY_POSTGRES_URL: o.backends.postgresUrl,
+    PARLEY_POSTGRES_URL: withSearchPath(o.backends.postgresUrl, schema),
     PARLEY_CASSANDRA_CONTACT_POINTS: o.backends.cassandra,
     PARLEY_CASSANDRA_KEYSPACE: namespace.replace(/[^a-z0-9_]/gi, "_"),
     PARLEY_LOG_LEVEL: o.logLevel ?? "warn",
@@ -188,8 +196,26 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
       const order: ServiceKind[] = ["gateway", "router", "presence", "notify", "messagestore", "groups", "session"];
       for (const kind of order) await Promise.all(processes.filter((p) => p.kind === kind).map((p) => p.stop()));
       await discovery.close();
+      if (o.namespace === undefined) await withPostgres(o.backends.postgresUrl, (c) => c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
     },
   };
+}
+
+/** `url` with every connection's search path set to `schema` (libpq `options`). */
+export function withSearchPath(url: string, schema: string): string {
+  const u = new URL(url);
+  u.searchParams.set("options", `-c search_path=${schema}`);
+  return u.toString();
+}
+
+async function withPostgres(url: string, fn: (c: pg.Client) => Promise<unknown>): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await fn(c);
+  } finally {
+    await c.end();
+  }
 }
 
 function range(n: number): number[] {

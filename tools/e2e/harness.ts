@@ -12,6 +12,7 @@ import { AuthService } from "../../gen/parley/client/v1/auth_service_pb.js";
 import { ChatService } from "../../gen/parley/client/v1/chat_service_pb.js";
 import { ContactsService } from "../../gen/parley/client/v1/contacts_service_pb.js";
 import { GroupService } from "../../gen/parley/client/v1/group_service_pb.js";
+import { NotificationService } from "../../gen/parley/client/v1/notification_service_pb.js";
 import { ClientFrameSchema, ServerFrameSchema, type ServerFrame } from "../../gen/parley/client/v1/frames_pb.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -114,6 +115,7 @@ export interface ApiClients {
   chat: Client<typeof ChatService>;
   contacts: Client<typeof ContactsService>;
   groups: Client<typeof GroupService>;
+  notifications: Client<typeof NotificationService>;
 }
 
 /** Connect clients of the public API (HTTP/1.1, like a browser or curl). */
@@ -129,6 +131,7 @@ export function api(publicUrl: string, token?: string, binary = true): ApiClient
     chat: createClient(ChatService, transport),
     contacts: createClient(ContactsService, transport),
     groups: createClient(GroupService, transport),
+    notifications: createClient(NotificationService, transport),
   };
 }
 

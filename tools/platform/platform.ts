@@ -67,7 +67,14 @@ export async function startPlatform(env: Record<string, string | undefined>, log
       logger: child("presence"),
     });
     closers.unshift(() => presenceCtx.close());
-    const notifyCtx = await notify.NotifyContext.fromConfig(notify.loadConfig(env), { logger: child("notify") });
+    // Notify asks groups who has not received a message, and session for display names.
+    const notifyCtx = await notify.NotifyContext.fromConfig(notify.loadConfig(env), {
+      sql,
+      groups: inProcess(groups.groupsRoutes(groupsCtx)),
+      session: inProcess(session.sessionRoutes(sessionCtx)),
+      logger: child("notify"),
+    });
+    closers.unshift(() => notifyCtx.close());
     const routes = {
       session: session.sessionRoutes(sessionCtx),
       groups: groups.groupsRoutes(groupsCtx),
@@ -114,6 +121,7 @@ export async function startPlatform(env: Record<string, string | undefined>, log
       groups: inProcess(routes.groups),
       messagestore: inProcess(routes.messagestore),
       presence: inProcess(routes.presence),
+      notify: inProcess(routes.notify),
       registry,
       logger: child("gateway"),
     });

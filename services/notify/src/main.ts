@@ -11,8 +11,8 @@ await runServiceProcess({
   port: cfg.port,
   logLevel: cfg.logLevel,
   services: [NotifyService],
-  async start(logger) {
-    const ctx = await NotifyContext.fromConfig(cfg, { logger });
-    return { routes: notifyRoutes(ctx), close: () => ctx.close() };
+  async start(logger, discovery) {
+    const ctx = await NotifyContext.fromConfig(cfg, { logger, discovery });
+    return { routes: notifyRoutes(ctx), close: () => ctx.close(), checks: ctx.readinessChecks() };
   },
 }, process.env);

@@ -169,6 +169,10 @@ export class ApnsSender implements PushSender {
       "content-length": body.length,
     };
     if (push.collapseKey) headers["apns-collapse-id"] = collapseId(push.collapseKey);
+    // APNs takes a canonical UUID as the notification's id (and echoes it back).
+    if (push.pushId !== undefined && /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(push.pushId)) {
+      headers["apns-id"] = push.pushId;
+    }
 
     let jwt: string;
     try {

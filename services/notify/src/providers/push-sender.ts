@@ -32,6 +32,12 @@ export interface Push {
   data: Record<string, string>;
   /** How long the provider should keep trying to reach the device. */
   ttlSeconds: number;
+  /**
+   * The push's id (a UUID), the same on every retry of it, also after a crash: senders
+   * that can carry an id use it (APNs `apns-id`, the webhook's `id`), so a resend can be
+   * recognised. Absent: the sender makes one up.
+   */
+  pushId?: string;
 }
 
 /** How one send ended, as the pipeline needs to know it. */

@@ -16,7 +16,7 @@ import { retryAfterMs, type DeviceTarget, type Push, type PushSender, type SendO
  *   X-Parley-Push-Id: <id>
  *   X-Parley-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
  *
- *   {"id": "<UUIDv7, new per send>", "platform": "webhook", "device": "<target.token>",
+ *   {"id": "<the push id>", "platform": "webhook", "device": "<target.token>",
  *    "app_id": "...", "title": "...", "body": "...", "collapse_key": "...",
  *    "badge": <number or null>, "data": {"k": "v", ...}, "ttl_seconds": <int>,
  *    "sent_at": "<ISO 8601, the same instant as t>"}
@@ -25,8 +25,12 @@ import { retryAfterMs, type DeviceTarget, type Push, type PushSender, type SendO
  * the device is removed); 408, 429 and 5xx = retry (after Retry-After when given); any
  * other status (3xx is not followed, 4xx) = failed; no answer within the timeout, a
  * reset connection or an aborted signal = retry. Redelivery is possible (the pipeline
- * retries after timeouts), so receivers should deduplicate on their side if it matters.
+ * retries after timeouts and crashes), so receivers should deduplicate on (id, device):
+ * `id` is the push id, the same on every resend of one push (a new UUIDv7 per send when
+ * the push has none).
  */
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Signature header (Node lower-cases incoming header names). */
 export const WEBHOOK_SIGNATURE_HEADER = "x-parley-signature";
@@ -203,7 +207,7 @@ export class WebhookSender implements PushSender {
     if (signal?.aborted) return { status: "retry", reason: "aborted" };
     const nowMs = this.now();
     const payload: WebhookPayload = {
-      id: this.ids.next(),
+      id: push.pushId !== undefined && UUID_RE.test(push.pushId) ? push.pushId : this.ids.next(),
       platform: "webhook",
       device: target.token,
       app_id: target.appId,

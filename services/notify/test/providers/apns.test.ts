@@ -138,6 +138,19 @@ describe("ApnsSender against a fake APNs (HTTP/2, TLS, ES256 provider tokens)", 
     });
   });
 
+  it("sends the push id as apns-id (the same on a resend), and lets APNs pick one when there is none", async (t) => {
+    const { fake, sender, device } = await setup(t);
+    const target = device();
+    const pushId = "0190f5c8-8a4b-7c3d-9e2f-123456789abc";
+    assert.deepEqual(await sender.send(target, push({ pushId })), { status: "sent", providerId: pushId });
+    assert.deepEqual(await sender.send(target, push({ pushId })), { status: "sent", providerId: pushId });
+    assert.equal((await sender.send(target, push({ pushId: "not-a-uuid" }))).status, "sent");
+    const [a, b, c] = fake.delivered;
+    assert.equal(a!.headers["apns-id"], pushId);
+    assert.equal(b!.headers["apns-id"], pushId);
+    assert.equal(c!.headers["apns-id"], undefined, "only a UUID is an apns-id");
+  });
+
   it("uses the configured topic when the device has no app id, and keeps collapse ids within 64 bytes", async (t) => {
     const { fake, sender, device } = await setup(t);
     const target = { ...device(), appId: "" };

@@ -183,6 +183,20 @@ describe("WebhookSender against a fake receiver", () => {
     assert.equal(fake.accepted[1]!.payload.badge, null);
   });
 
+  it("uses the push id as the document's id, the same on every resend", async () => {
+    const pushId = "0190f5c8-8a4b-7c3d-9e2f-123456789abc";
+    assert.deepEqual(await sender.send(target, { ...push, pushId }), { status: "sent", providerId: pushId });
+    assert.deepEqual(await sender.send(target, { ...push, pushId }), { status: "sent", providerId: pushId });
+    assert.deepEqual(fake.rejected, []);
+    assert.deepEqual(
+      fake.accepted.map((a) => [a.payload.id, a.headers["x-parley-push-id"]]),
+      [
+        [pushId, pushId],
+        [pushId, pushId],
+      ],
+    );
+  });
+
   it("reports an unknown device (410 Gone) as an invalid token", async () => {
     const outcome = await sender.send({ ...target, token: "device-gone" }, push);
     assert.deepEqual(outcome, { status: "invalid-token", reason: "HTTP 410: unknown device" });
