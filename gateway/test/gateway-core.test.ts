@@ -468,14 +468,14 @@ describe("GatewayCore: connection lifecycle", () => {
     assert.equal(c.socket.kinds()[0], "hello", "the next connection works");
   });
 
-  it("drain() closes every connection with 1001, empties the registry, refuses new sockets", async () => {
+  it("drain() closes every connection with 4012 (DRAINING), empties the registry, refuses new sockets", async () => {
     const a = await connected(h);
     const b = await connected(h);
     const b2 = await connected(h, principal(b.p.userId));
     assert.ok(h.core.accepting);
     await h.core.drain();
     assert.equal(h.core.accepting, false);
-    for (const s of [a.socket, b.socket, b2.socket]) assert.deepEqual(s.closes.map((c) => c.code), [CloseCode.GOING_AWAY]);
+    for (const s of [a.socket, b.socket, b2.socket]) assert.deepEqual(s.closes.map((c) => c.code), [CloseCode.DRAINING]);
     assert.equal((await h.registry.lookup([a.p.userId, b.p.userId])).size, 0);
     assert.equal(h.core.stats.connections, 0);
     const last = h.presenceReports.at(-1);
@@ -483,7 +483,7 @@ describe("GatewayCore: connection lifecycle", () => {
     assert.deepEqual([...(last?.offlineUserIds ?? [])].sort(), [a.p.userId, b.p.userId].sort());
     // Authenticated before the drain, upgraded after it: closed at once, never registered.
     const late = connect(h);
-    assert.deepEqual(late.socket.closes.map((c) => c.code), [CloseCode.GOING_AWAY]);
+    assert.deepEqual(late.socket.closes.map((c) => c.code), [CloseCode.DRAINING]);
     for (let i = 0; i < 10; i++) await new Promise<void>((r) => setImmediate(r));
     assert.equal(late.socket.writes.length, 0);
     assert.equal(await registered(h, late.p.userId), undefined);

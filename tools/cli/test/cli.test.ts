@@ -247,7 +247,7 @@ describe("parley CLI against the embedded platform", () => {
     await bob.waitFor(/\* chatting with alice as bob/);
     const mark = bob.stdout.length;
     await platform.stop();
-    await bob.waitFor(/\* connection lost \(1001 /, mark, "the drop at bob");
+    await bob.waitFor(/\* connection lost \(4012 /, mark, "the drop at bob");
     await startPlatform();
     // Sent while bob may still be backing off: he gets it live or from history, once.
     const sent = await run("alice", ["send", "bob", "sent", "across", "a", "restart"]);

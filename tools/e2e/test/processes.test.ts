@@ -179,7 +179,7 @@ describe("every standalone process starts, serves health, and exits 0 on SIGTERM
     });
   }
 
-  it("gateway drains on SIGTERM: WebSocket closed with 1001, keep-alive HTTP let go, exit 0", async () => {
+  it("gateway drains on SIGTERM: WebSocket closed with 4012, /readyz 503, keep-alive HTTP let go, exit 0", async () => {
     const p = procs.get("gateway")!;
     assert.ok(ws, "no WebSocket was opened");
     // An HTTP/1.1 keep-alive client, as a load balancer's health checker would be.
@@ -196,13 +196,13 @@ describe("every standalone process starts, serves health, and exits 0 on SIGTERM
       closedByServer = true;
       received.changed();
     });
-    const get = "GET /healthz HTTP/1.1\r\nHost: parley\r\n\r\n";
+    const get = "GET /readyz HTTP/1.1\r\nHost: parley\r\n\r\n";
     http.write(get);
-    await received.until("200 from /healthz", () => text.includes("\r\n\r\nok"));
+    await received.until("200 from /readyz", () => text.includes('"status":"ready"'));
     assert.match(text, /^HTTP\/1\.1 200/);
 
     p.child.kill("SIGTERM");
-    assert.equal(await ws.waitForClose(), 1001);
+    assert.equal(await ws.waitForClose(), 4012);
     text = "";
     http.write(get);
     await received.until("503 and the connection closed", () => closedByServer && text.length > 0);
