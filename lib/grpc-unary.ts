@@ -31,6 +31,7 @@ import {
   type UnaryResponse,
 } from "@connectrpc/connect";
 import type { Http2SessionManager } from "@connectrpc/connect-node";
+import { endRpcSpan, recordRpcServed, runInSpan, startRpcClientSpan, startRpcServerSpan } from "./telemetry/rpc.js";
 
 /** The largest request or response message accepted (gRPC's own default is 4 MiB). */
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -187,6 +188,9 @@ export function serveUnary(
   const encoding = headers["grpc-encoding"];
   if (!contentType || !GRPC_CONTENT_TYPES.has(contentType) || (encoding && encoding !== "identity")) return false;
 
+  const startedMs = performance.now();
+  // Tracing (off: undefined, one branch): the caller's trace context is in the metadata.
+  const span = startRpcServerSpan(route.service.typeName, route.method.name, headerValue(headers, "traceparent"), headerValue(headers, "tracestate"));
   const controller = new AbortController();
   const timeoutMs = parseGrpcTimeout(headers["grpc-timeout"] as string | undefined);
   const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
@@ -195,9 +199,17 @@ export function serveUnary(
     timer = setTimeout(() => controller.abort(new ConnectError("deadline exceeded", Code.DeadlineExceeded)), timeoutMs);
   }
   let done = false;
-  const finish = (status: number, message: string | undefined, body?: Buffer) => {
+  let measured = false;
+  const measure = (status: number, err?: unknown) => {
+    if (measured) return;
+    measured = true;
+    endRpcSpan(span, status, err);
+    recordRpcServed(route.service.typeName, route.method.name, status, startedMs);
+  };
+  const finish = (status: number, message: string | undefined, body?: Buffer, err?: unknown) => {
     done = true;
     if (timer) clearTimeout(timer);
+    measure(status, err);
     if (res.stream.destroyed || res.stream.closed) return;
     const trailers: http2.OutgoingHttpHeaders = { "grpc-status": String(status) };
     if (message) trailers["grpc-message"] = encodeGrpcMessage(message);
@@ -208,11 +220,12 @@ export function serveUnary(
   };
   const fail = (err: unknown) => {
     const ce = ConnectError.from(err);
-    finish(ce.code, ce.rawMessage);
+    finish(ce.code, ce.rawMessage, undefined, ce);
   };
   res.stream.once("close", () => {
     if (done) return;
     if (timer) clearTimeout(timer);
+    measure(Code.Canceled);
     if (!controller.signal.aborted) controller.abort(new ConnectError("the caller closed the call", Code.Canceled));
   });
 
@@ -237,8 +250,7 @@ export function serveUnary(
       return fail(new ConnectError(`cannot decode request: ${String(err)}`, Code.InvalidArgument));
     }
     const ctx = new UnaryContext(route, req, controller.signal, deadline);
-    Promise.resolve()
-      .then(() => route.impl(input, ctx))
+    runInSpan(span, () => Promise.resolve().then(() => route.impl(input, ctx)))
       .then((out) => {
         const message = isMessage(out, route.method.output) ? out : create(route.method.output, out as MessageInitShape<DescMessage>);
         finish(GRPC_OK, undefined, frame(toBinary(route.method.output, message)));
@@ -328,13 +340,21 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
       const body = frame(toBinary(method.input, message));
       const headers: http2.OutgoingHttpHeaders = { "content-type": "application/grpc+proto", te: "trailers" };
       if (timeoutMs !== undefined && timeoutMs > 0) headers["grpc-timeout"] = `${Math.ceil(timeoutMs)}m`;
+      // Tracing (off: undefined, one branch): a client span under the caller's recording span, in the metadata.
+      const traced = startRpcClientSpan(method.parent.typeName, method.name);
+      if (traced) {
+        headers.traceparent = traced.traceparent;
+        if (traced.tracestate) headers.tracestate = traced.tracestate;
+      }
       if (header) new Headers(header).forEach((v, k) => (headers[k] = v));
 
       let stream: http2.ClientHttp2Stream;
       try {
         stream = await sessionManager.request("POST", `/${method.parent.typeName}/${method.name}`, headers, {});
       } catch (err) {
-        throw transportError(err);
+        const ce = transportError(err);
+        endRpcSpan(traced?.span, ce.code, ce);
+        throw ce;
       }
       return new Promise<UnaryResponse<I, O>>((resolve, reject) => {
         let responseHeaders: http2.IncomingHttpHeaders | undefined;
@@ -346,6 +366,7 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
         const settle = (err: ConnectError | undefined, value?: UnaryResponse<I, O>) => {
           if (settled) return;
           settled = true;
+          if (traced) endRpcSpan(traced.span, err ? err.code : GRPC_OK, err);
           if (timer) clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
           if (!stream.closed) stream.close(err ? h2.NGHTTP2_CANCEL : h2.NGHTTP2_NO_ERROR);

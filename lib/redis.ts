@@ -3,6 +3,7 @@ import { Redis, ReplyError } from "ioredis";
 import type { ChainableCommander } from "ioredis";
 import { ConfigError, type Env } from "./env.js";
 import type { Logger } from "./logger.js";
+import { backendCall } from "./telemetry/backend.js";
 
 /**
  * The Redis client of the registry and presence adapters, set up to fail fast: while the
@@ -80,11 +81,17 @@ export function redisError(err: unknown, what: string): ConnectError {
   return new ConnectError(`${what}: redis: ${message}`, code, undefined, undefined, err);
 }
 
-/** Runs a pipeline (one round trip) and returns its replies; the first failure rejects. */
+/**
+ * Runs a pipeline (one round trip) and returns its replies; the first failure rejects.
+ * Every Redis call of the adapters goes through here: traced (a span under the caller's
+ * span) and measured as operation `what` (lib/telemetry/backend.ts).
+ */
 export async function execPipeline(pipeline: ChainableCommander, what: string): Promise<unknown[]> {
   let results: [Error | null, unknown][] | null;
   try {
-    results = await pipeline.exec();
+    results = await backendCall("redis", what, () => pipeline.exec(), {
+      attributes: () => ({ "db.operation.batch.size": pipeline.length }),
+    });
   } catch (err) {
     throw redisError(err, what);
   }

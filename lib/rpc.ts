@@ -7,12 +7,24 @@ import { HealthRegistry, healthRoutes } from "./grpc-health.js";
 import { leanGrpcTransport, recordUnaryRoutes, serveUnary } from "./grpc-unary.js";
 import { reflectionRoutes } from "./grpc-reflection.js";
 import type { Logger } from "./logger.js";
+import { rpcTracingInterceptor } from "./telemetry/rpc.js";
+
+/**
+ * W3C trace context on every call (lib/telemetry): the lean unary path propagates it
+ * itself; connect's general paths (streams, compressed calls, calls with interceptors,
+ * in-process transports) through these interceptors, which cost one branch per call
+ * while tracing is off. They do not count as interceptors for choosing the lean path.
+ */
+const clientTracing = rpcTracingInterceptor("client");
+const serverTracing = rpcTracingInterceptor("server");
 
 /** Route definitions, the connect-es way: `(router) => router.service(FooService, impl)`. */
 export type Routes = (router: ConnectRouter) => void;
 
 export interface GrpcServerOptions {
   host?: string;
+  /** The host in `url` when it differs from the bound one (a pod binding 0.0.0.0 advertises its IP). */
+  advertiseHost?: string;
   /** 0 picks a free port. */
   port: number;
   routes: Routes;
@@ -45,7 +57,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
     healthRoutes(health)(router);
     reflectionRoutes(opts.services)(router);
   });
-  const general = connectNodeAdapter({ routes: lean.routes, interceptors: opts.interceptors });
+  const general = connectNodeAdapter({ routes: lean.routes, interceptors: [serverTracing, ...(opts.interceptors ?? [])] });
   // Interceptors only run on connect's general path, so with interceptors everything goes there.
   const handler: typeof general =
     opts.interceptors && opts.interceptors.length > 0 ? general : (req, res) => serveUnary(lean.table, req as http2.Http2ServerRequest, res as http2.Http2ServerResponse) || general(req, res);
@@ -63,7 +75,7 @@ export async function startGrpcServer(opts: GrpcServerOptions): Promise<GrpcServ
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const url = `http://${host}:${port}`;
+  const url = `http://${opts.advertiseHost ?? host}:${port}`;
   opts.logger.info({ url, services: opts.services.map((s) => s.typeName) }, "grpc server listening");
   let closing: Promise<void> | undefined;
   return {
@@ -101,14 +113,17 @@ export function dialGrpc(url: string, interceptors?: Interceptor[]): OwnedTransp
     pingTimeoutMs: 5_000,
     idleConnectionTimeoutMs: 60_000,
   });
-  const general = createGrpcTransport({ baseUrl: url, sessionManager, interceptors });
+  const general = createGrpcTransport({ baseUrl: url, sessionManager, interceptors: [...(interceptors ?? []), clientTracing] });
   const transport = interceptors && interceptors.length > 0 ? general : leanGrpcTransport(sessionManager, general);
   return Object.assign(transport, { close: () => sessionManager.abort() });
 }
 
 /** A transport that calls `routes` in this process through the same contract (serialized). */
 export function inProcess(routes: Routes, interceptors?: Interceptor[]): OwnedTransport {
-  const transport = createRouterTransport(routes, { transport: { interceptors } });
+  const transport = createRouterTransport(routes, {
+    transport: { interceptors: [...(interceptors ?? []), clientTracing] },
+    router: { interceptors: [serverTracing] },
+  });
   return Object.assign(transport, { close: () => {} });
 }
 

@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { isUnavailable, SqlUnavailableError, type Sql, type SqlExecutor } from "./sql.js";
+import { backendCall, statementOperation } from "./telemetry/backend.js";
 
 export interface PostgresOptions {
   /** Most connections the pool opens (default 10). */
@@ -36,10 +37,16 @@ export async function openPostgres(url: string, opts: PostgresOptions = {}): Pro
   // process would crash. The pool has already discarded it.
   pool.on("error", (err) => opts.onIdleError?.(err));
 
+  const database = databaseName(url);
+  // Every statement is traced (under the caller's span) and measured (lib/telemetry/backend.ts).
+  const run = (q: pg.Pool | pg.PoolClient, text: string, params?: readonly unknown[]) =>
+    backendCall("postgresql", () => statementOperation(text), () => q.query(text, params as unknown[] | undefined), {
+      attributes: () => ({ "db.query.text": text.length > 2000 ? `${text.slice(0, 2000)}…` : text, ...(database && { "db.namespace": database }) }),
+    });
   const executor = (q: pg.Pool | pg.PoolClient): SqlExecutor => ({
     async query<R>(text: string, params?: readonly unknown[]) {
       try {
-        const res = await q.query(text, params as unknown[] | undefined);
+        const res = await run(q, text, params);
         return res.rows as R[];
       } catch (err) {
         throw classify(err);
@@ -65,7 +72,7 @@ export async function openPostgres(url: string, opts: PostgresOptions = {}): Pro
           result = await fn(tx);
         } catch (err) {
           try {
-            await client.query("ROLLBACK");
+            await run(client, "ROLLBACK");
           } catch (rollbackErr) {
             broken = rollbackErr as Error;
           }
@@ -83,7 +90,7 @@ export async function openPostgres(url: string, opts: PostgresOptions = {}): Pro
     },
     async exec(text) {
       try {
-        await pool.query(text);
+        await run(pool, text);
       } catch (err) {
         throw classify(err);
       }
@@ -129,6 +136,15 @@ export async function openPostgresInNewSchema(
       }
     },
   };
+}
+
+/** The database a connection string names (for span attributes), if it parses. */
+function databaseName(url: string): string | undefined {
+  try {
+    return decodeURIComponent(new URL(url).pathname.slice(1)) || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function classify(err: unknown): unknown {

@@ -6,6 +6,10 @@ export interface GatewayConfig {
   /** Unique among live gateways; the registry points at it. */
   id: string;
   host: string;
+  /** `PARLEY_ADVERTISE_HOST`: the host in the URLs this gateway registers (default `host`; a pod binding 0.0.0.0 gives its IP). */
+  advertiseHost: string;
+  /** `PARLEY_GATEWAY_PUBLIC_URL`: the URL clients reach this gateway at, when not `http://<advertise host>:<public port>` (behind a proxy or a port forward). */
+  publicUrl: string | undefined;
   /** The public port: WebSocket at /ws and the Connect API. */
   publicPort: number;
   /** The internal gRPC port serving DeliveryService to routers. */
@@ -56,6 +60,7 @@ export interface GatewayConfig {
   groupsUrl: string;
   messagestoreUrl: string;
   presenceUrl: string;
+  notifyUrl: string;
   logLevel: string;
 }
 
@@ -63,6 +68,8 @@ export function loadConfig(env: Env): GatewayConfig {
   const cfg: GatewayConfig = {
     id: env.PARLEY_GATEWAY_ID ?? "gw-1",
     host: env.PARLEY_HOST ?? "127.0.0.1",
+    advertiseHost: env.PARLEY_ADVERTISE_HOST ?? env.PARLEY_HOST ?? "127.0.0.1",
+    publicUrl: env.PARLEY_GATEWAY_PUBLIC_URL?.trim() || undefined,
     publicPort: int(env, "PARLEY_GATEWAY_PORT", 7000, 0, 65535),
     internalPort: int(env, "PARLEY_GATEWAY_INTERNAL_PORT", 7200, 0, 65535),
     allowedOrigins: (env.PARLEY_ALLOWED_ORIGINS ?? "http://localhost:*,http://127.0.0.1:*")
@@ -93,6 +100,7 @@ export function loadConfig(env: Env): GatewayConfig {
     messagestoreUrl: env.PARLEY_MESSAGESTORE_URL ?? "http://127.0.0.1:7103",
     presenceUrl: env.PARLEY_PRESENCE_URL ?? "http://127.0.0.1:7104",
     groupsUrl: env.PARLEY_GROUPS_URL ?? "http://127.0.0.1:7105",
+    notifyUrl: env.PARLEY_NOTIFY_URL ?? "http://127.0.0.1:7106",
     logLevel: env.PARLEY_LOG_LEVEL ?? "info",
   };
   cfg.resumeBufferBytes = int(env, "PARLEY_RESUME_BUFFER_BYTES", Math.floor(cfg.maxBackpressureBytes / 8), 256, 1 << 30);

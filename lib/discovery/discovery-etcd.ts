@@ -1,5 +1,6 @@
 import { Etcd3, type IKeyValue, type Lease, type Watcher } from "etcd3";
 import type { Logger } from "../logger.js";
+import { backendCall } from "../telemetry/backend.js";
 import type { Discovery, Instance, Registrar, Registration, ServiceKind } from "./discovery.js";
 
 export interface EtcdDiscoveryOptions {
@@ -26,6 +27,11 @@ export class EtcdDiscovery implements Discovery, Registrar {
   private readonly listeners = new Map<ServiceKind, Set<() => void>>();
   private watcher: Watcher | undefined;
   private closed = false;
+  /** One round trip to etcd (readiness). */
+  async ping(): Promise<void> {
+    await this.client.maintenance.status();
+  }
+
   /** Leases of registrations still open: close() stops keeping them alive. */
   private readonly leases = new Set<Lease>();
 
@@ -60,7 +66,7 @@ export class EtcdDiscovery implements Discovery, Registrar {
 
   private async start(): Promise<void> {
     // A plain read first: when etcd is down it fails, and no watch is left retrying.
-    await this.client.get(this.root).string();
+    await etcdCall("get", () => this.client.get(this.root).string());
     if (this.closed) return;
     this.watcher = await this.client.watch().prefix(this.root).create();
     this.watcher.on("put", (kv) => this.apply(kv, false));
@@ -74,7 +80,7 @@ export class EtcdDiscovery implements Discovery, Registrar {
 
   private async resync(): Promise<void> {
     try {
-      const all = await this.client.getAll().prefix(this.root).strings();
+      const all = await etcdCall("range", () => this.client.getAll().prefix(this.root).strings());
       const seen = new Set<string>();
       const kinds = new Set<ServiceKind>();
       for (const [key, value] of Object.entries(all)) {
@@ -166,7 +172,7 @@ export class EtcdDiscovery implements Discovery, Registrar {
         this.logger?.warn({ err, key }, "discovery lease lost; registering again");
         retry();
       });
-      await l.put(key).value(value());
+      await etcdCall("lease put", () => l.put(key).value(value()).exec());
       if (lease) this.leases.delete(lease);
       lease = l;
       this.leases.add(l);
@@ -190,10 +196,9 @@ export class EtcdDiscovery implements Discovery, Registrar {
         if (loadTimer || stopped) return;
         loadTimer = setTimeout(() => {
           loadTimer = undefined;
-          lease
-            ?.put(key)
-            .value(value())
-            .catch((err: unknown) => this.logger?.warn({ err, key }, "load update failed"));
+          const l = lease;
+          if (!l) return;
+          etcdCall("lease put", () => l.put(key).value(value()).exec()).catch((err: unknown) => this.logger?.warn({ err, key }, "load update failed"));
         }, 1000);
         loadTimer.unref();
       },
@@ -202,7 +207,8 @@ export class EtcdDiscovery implements Discovery, Registrar {
         clearTimeout(loadTimer);
         clearTimeout(retryTimer);
         if (lease) this.leases.delete(lease);
-        await lease?.revoke().catch(() => {});
+        const l = lease;
+        if (l) await etcdCall("lease revoke", () => l.revoke()).catch(() => {});
       },
     };
   }
@@ -217,4 +223,9 @@ export class EtcdDiscovery implements Discovery, Registrar {
     await this.watcher?.cancel().catch(() => {});
     this.client.close();
   }
+}
+
+/** An etcd call, traced (as its own trace when nothing is: these run in the background) and measured. */
+function etcdCall<T>(operation: string, fn: () => Promise<T>): Promise<T> {
+  return backendCall("etcd", operation, fn, { root: true });
 }

@@ -11,6 +11,16 @@
  * `--rate` drives an open loop instead: messages go out at that total rate (spread over
  * the pairs) whatever comes back, which is how p99 at a given share of peak load is
  * measured (first run without it to find the peak, then with half of it).
+ *
+ * `--telemetry off,metrics,tracing` measures the cost of telemetry (docs/observability.md):
+ * the cluster is run once per mode (`--repeat N`: N rounds of all modes, alternating, so
+ * drift hits every mode alike), without the relay baseline, and each mode is compared with
+ * the first. `off`: PARLEY_METRICS=off, tracing off; `metrics`: metrics on (the default of
+ * a process that starts telemetry); `tracing`: metrics on and every span exported over
+ * OTLP/HTTP to a collector in this process that decodes and discards them; `tracing:10`:
+ * the same with 10% of the traces sampled. Telemetry is started in each process by
+ * `--import lib/telemetry/register.ts`. Each run first sends `--warmup` messages per pair
+ * (default 20 here, 0 otherwise) that are not measured.
  */
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -19,6 +29,7 @@ import { parseArgs } from "node:util";
 import WebSocket from "ws";
 import { api, FrameClient } from "../e2e/harness.js";
 import { ensureInfra, startCluster } from "../cluster/cluster.js";
+import { startOtlpCollector, type OtlpCollector } from "../../lib/telemetry/otlp-collector.js";
 import { cpuSeconds, percentile } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -28,12 +39,22 @@ const { values } = parseArgs({
     messages: { type: "string", default: "200" },
     window: { type: "string", default: "8" },
     rate: { type: "string" },
+    telemetry: { type: "string" },
+    repeat: { type: "string", default: "1" },
+    warmup: { type: "string" },
   },
 });
 const PAIRS = Number(values.pairs);
 const MESSAGES = Number(values.messages);
 const WINDOW = Number(values.window);
 const RATE = values.rate === undefined ? undefined : Number(values.rate);
+/** `tracing` samples every message; `tracing:10` keeps 10% of the traces. */
+type TelemetryMode = "off" | "metrics" | "tracing" | `tracing:${number}`;
+const MODES = (values.telemetry?.split(",").map((m) => m.trim()).filter(Boolean) ?? []) as TelemetryMode[];
+for (const m of MODES) if (!/^(off|metrics|tracing(:\d{1,3})?)$/.test(m)) throw new Error(`--telemetry: unknown mode ${m} (off, metrics, tracing, tracing:<percent>)`);
+const REPEAT = Number(values.repeat);
+/** Messages per pair sent (and not measured) before the measured ones: JIT, lazily loaded code, connections. */
+const WARMUP = Number(values.warmup ?? (MODES.length > 0 ? 20 : 0));
 
 interface Result {
   name: string;
@@ -63,8 +84,9 @@ function report(r: Result) {
 async function drive(
   senders: ((body: string) => void)[],
   onReceive: (pair: number, handler: (body: string) => void) => void,
+  messages = MESSAGES,
 ): Promise<{ seconds: number; latencies: number[] }> {
-  return RATE === undefined ? driveWindowed(senders, onReceive) : driveAtRate(senders, onReceive, RATE);
+  return RATE === undefined ? driveWindowed(senders, onReceive, messages) : driveAtRate(senders, onReceive, RATE, messages);
 }
 
 /**
@@ -76,8 +98,9 @@ async function driveAtRate(
   senders: ((body: string) => void)[],
   onReceive: (pair: number, handler: (body: string) => void) => void,
   rate: number,
+  messages: number,
 ): Promise<{ seconds: number; latencies: number[] }> {
-  const total = senders.length * MESSAGES;
+  const total = senders.length * messages;
   const latencies: number[] = [];
   const started = performance.now();
   return new Promise((resolve, reject) => {
@@ -106,6 +129,7 @@ async function driveAtRate(
 async function driveWindowed(
   senders: ((body: string) => void)[],
   onReceive: (pair: number, handler: (body: string) => void) => void,
+  messages: number,
 ): Promise<{ seconds: number; latencies: number[] }> {
   const latencies: number[] = [];
   const started = performance.now();
@@ -116,12 +140,12 @@ async function driveWindowed(
           let sent = 0;
           let received = 0;
           const pump = () => {
-            while (sent < MESSAGES && sent - received < WINDOW) send(`${performance.now()}`), sent++;
+            while (sent < messages && sent - received < WINDOW) send(`${performance.now()}`), sent++;
           };
           onReceive(pair, (body) => {
             latencies.push(performance.now() - Number(body));
             received++;
-            if (received === MESSAGES) resolve();
+            if (received === messages) resolve();
             else pump();
           });
           pump();
@@ -131,16 +155,33 @@ async function driveWindowed(
   return { seconds: (performance.now() - started) / 1000, latencies };
 }
 
-async function benchParley(): Promise<Result> {
+/** Environment and node flags of a telemetry mode (none: the processes as they start by default). */
+function telemetrySetup(mode: TelemetryMode | undefined, collector: OtlpCollector | undefined): { env: Record<string, string>; nodeArgs: string[] } {
+  if (mode === undefined) return { env: {}, nodeArgs: [] };
+  const nodeArgs = mode === "off" ? [] : ["--import", "tsx", "--import", `${ROOT}lib/telemetry/register.ts`];
+  const tracing = mode.startsWith("tracing");
+  const env: Record<string, string> = { PARLEY_METRICS: mode === "off" ? "off" : "on", PARLEY_TRACING: tracing ? "otlp" : "off" };
+  if (tracing) {
+    env.OTEL_EXPORTER_OTLP_ENDPOINT = collector!.endpoint;
+    env.PARLEY_TRACING_SAMPLE_PERCENT = mode.split(":")[1] ?? "100";
+  }
+  return { env, nodeArgs };
+}
+
+async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Promise<Result> {
+  const telemetry = telemetrySetup(mode, collector);
   const cluster = await startCluster({
     backends: ensureInfra(),
     extraEnv: {
       PARLEY_FRAMES_PER_SECOND: "1000000",
       PARLEY_FRAME_BURST: "1000000",
+      ...telemetry.env,
     },
     // BENCH_NODE_ARGS="--cpu-prof" BENCH_NODE_KIND=messagestore: flags for that kind only.
-    nodeArgs: (kind) =>
-      !process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : [],
+    nodeArgs: (kind) => [
+      ...telemetry.nodeArgs,
+      ...(!process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : []),
+    ],
     onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
   });
   try {
@@ -159,18 +200,26 @@ async function benchParley(): Promise<Result> {
         return { sender, receiver, conversationId: conversation!.conversationId };
       }),
     );
+    const senders = pairs.map((p) => (body: string) =>
+      p.sender.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId: p.conversationId, body } } }),
+    );
+    const listeners: (() => void)[] = [];
+    const onReceive = (i: number, handler: (body: string) => void) => {
+      const ws = pairs[i]!.receiver.ws;
+      const listener = () => {
+        const f = pairs[i]!.receiver.frames.pop();
+        if (f?.kind.case === "message") handler(f.kind.value.body);
+      };
+      ws.on("message", listener);
+      listeners.push(() => ws.off("message", listener));
+    };
+    if (WARMUP > 0) {
+      await drive(senders, onReceive, WARMUP);
+      for (const off of listeners.splice(0)) off();
+    }
     const before = new Map(cluster.processes.map((p) => [p.name, cpuSeconds(p.child.pid!)]));
     const cpu0 = [...before.values()].reduce((a, b) => a + b, 0);
-    const { seconds, latencies } = await drive(
-      pairs.map((p) => (body) =>
-        p.sender.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId: p.conversationId, body } } }),
-      ),
-      (i, handler) =>
-        pairs[i]!.receiver.ws.on("message", () => {
-          const f = pairs[i]!.receiver.frames.pop();
-          if (f?.kind.case === "message") handler(f.kind.value.body);
-        }),
-    );
+    const { seconds, latencies } = await drive(senders, onReceive);
     const cpu1 = cluster.processes.reduce((s, p) => s + cpuSeconds(p.child.pid!), 0);
     console.error(
       "server CPU-seconds by process:",
@@ -182,7 +231,8 @@ async function benchParley(): Promise<Result> {
       await p.sender.close();
       await p.receiver.close();
     }
-    return { name: "parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", delivered: latencies.length, seconds, serverCpuSeconds: cpu1 - cpu0, latenciesMs: latencies };
+    const name = `parley cluster (2 gw, 2 routers, 2 stores; Cassandra)${mode ? ` telemetry=${mode}` : ""}`;
+    return { name, delivered: latencies.length, seconds, serverCpuSeconds: cpu1 - cpu0, latenciesMs: latencies };
   } finally {
     await cluster.stop();
   }
@@ -217,6 +267,51 @@ async function benchRelay(): Promise<Result> {
   } finally {
     child.kill("SIGTERM");
   }
+}
+
+if (MODES.length > 0) {
+  // The cost of telemetry: the same load once per mode (and round), compared with the first mode.
+  // BENCH_SPAN_STATS=1 keeps the spans and prints how many of each kind every process made.
+  const keep = process.env.BENCH_SPAN_STATS === "1";
+  const collector = MODES.some((m) => m.startsWith("tracing")) ? await startOtlpCollector({ keep }) : undefined;
+  const runs: (ReturnType<typeof report> & { mode: TelemetryMode; cpuMsPerMessage: number })[] = [];
+  try {
+    for (let round = 0; round < REPEAT; round++) {
+      for (const mode of MODES) {
+        const before = collector?.counts.spans ?? 0;
+        const r = report(await benchParley(mode, collector));
+        runs.push({ ...r, mode, cpuMsPerMessage: +((1000 * r.serverCpuSeconds) / r.delivered).toFixed(4) });
+        if (keep && collector) {
+          const byName = new Map<string, number>();
+          for (const sp of collector.spans.splice(0)) byName.set(`${sp.service} ${sp.name}`, (byName.get(`${sp.service} ${sp.name}`) ?? 0) + 1);
+          console.error([...byName].sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${n}\t${k}`).join("\n"));
+        }
+        if (mode.startsWith("tracing")) console.error(`tracing: ${collector!.counts.spans - before} spans exported (${((collector!.counts.spans - before) / (r.delivered + WARMUP * PAIRS)).toFixed(1)} per message)`);
+      }
+    }
+  } finally {
+    await collector?.close();
+  }
+  const byMode = new Map<TelemetryMode, typeof runs>();
+  for (const r of runs) byMode.set(r.mode, [...(byMode.get(r.mode) ?? []), r]);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const summary = [...byMode].map(([mode, rs]) => ({
+    mode,
+    msgsPerSecond: Math.round(mean(rs.map((r) => r.msgsPerSecond))),
+    cpuMsPerMessage: +mean(rs.map((r) => r.cpuMsPerMessage)).toFixed(4),
+    p50Ms: +mean(rs.map((r) => r.p50Ms)).toFixed(2),
+    p99Ms: +mean(rs.map((r) => r.p99Ms)).toFixed(2),
+  }));
+  const base = summary[0]!;
+  console.log(JSON.stringify({ pairs: PAIRS, messagesPerPair: MESSAGES, warmupPerPair: WARMUP, window: RATE === undefined ? WINDOW : undefined, rate: RATE, repeat: REPEAT, runs, summary }, null, 2));
+  for (const s of summary.slice(1)) {
+    console.log(
+      `\n${s.mode} / ${base.mode}: throughput ${(s.msgsPerSecond / base.msgsPerSecond).toFixed(3)}x, ` +
+        `server CPU per message ${(s.cpuMsPerMessage / base.cpuMsPerMessage).toFixed(3)}x ` +
+        `(${s.cpuMsPerMessage} vs ${base.cpuMsPerMessage} ms), p99 ${(s.p99Ms / base.p99Ms).toFixed(2)}x`,
+    );
+  }
+  process.exit(0);
 }
 
 const relay = report(await benchRelay());

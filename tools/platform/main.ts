@@ -1,7 +1,10 @@
 import { onShutdownSignal } from "../../lib/shutdown.js";
+import { telemetryConfig } from "../../lib/telemetry/config.js";
+import { startTelemetry } from "../../lib/telemetry/telemetry.js";
 import { startPlatform } from "./platform.js";
 
 /** `npm start`: the whole platform in one process, no external servers. */
+const telemetry = startTelemetry(telemetryConfig(process.env, "platform"));
 const platform = await startPlatform(process.env);
 const wsUrl = platform.publicUrl.replace(/^http/, "ws") + "/ws";
 // One machine-readable line (tests and tools read it), then the human version.
@@ -19,6 +22,7 @@ Press Ctrl-C to stop.
 onShutdownSignal(
   async () => {
     await platform.stop();
+    await telemetry.shutdown();
     console.log("Parley stopped.");
   },
   (err) => console.error(err),

@@ -3,7 +3,9 @@
 # then every test file (unit, contract and end-to-end), the contract suites also against
 # real Postgres, Redis, etcd and Cassandra started once for the run by tools/infra/infra.sh
 # (and stopped at the end, unless PARLEY_INFRA_KEEP=1; servers that were already running
-# are left running). Prints progress; exits non-zero on the first failing step.
+# are left running), then the developer platform (tools/tilt/check.sh: manifests, Dockerfile,
+# Tiltfile and `tilt ci` against a local cluster). Prints progress; exits non-zero on the
+# first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -53,3 +55,6 @@ mapfile -t files < <(find lib gateway services tools -name '*.test.ts' -not -pat
 printf '  %s\n' "${files[@]}"
 # Two files at a time: this box has 2 cores, and each embedded database takes ~1 GB.
 node --import tsx --test --test-concurrency=2 --test-reporter=spec "${files[@]}"
+
+step "developer platform: Kubernetes manifests, Dockerfile, Tiltfile, tilt ci (tools/tilt/check.sh)"
+tools/tilt/check.sh

@@ -63,6 +63,11 @@ export class Connection {
   refilledAtMs: number;
   inFlightSends = 0;
   /**
+   * Set when a drain closes this connection (core/drain.ts): sends arriving from now on
+   * are refused (UNAVAILABLE), and it is called once no send is in flight any more.
+   */
+  closing: (() => void) | undefined;
+  /**
    * The group conversations this connection is subscribed to; undefined until its user's
    * group list arrived. Socket-level subscriptions exist only once `ready` (after Hello).
    */
@@ -85,6 +90,11 @@ export class Connection {
   ) {
     this.tokens = burst;
     this.refilledAtMs = nowMs;
+  }
+
+  /** The core settled the last send in flight (acked or refused): a drain waiting for it closes now. */
+  sendsSettled(): void {
+    this.closing?.();
   }
 
   /** Writes a frame; returns false when the client is too slow and must be closed. */

@@ -16,11 +16,23 @@ import type { EphemeralEventSchema, SendRequestSchema, SendResponse } from "../.
 import type { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry, DeviceEntry } from "../../../lib/registry/connection-registry.js";
+import { instruments, observeGateway } from "../../../lib/telemetry/metrics.js";
+import {
+  endSpan,
+  sampledContextOf,
+  sampleNewTrace,
+  SpanKind,
+  startItemSpan,
+  startSpan,
+  traceFields,
+  tracing,
+  type Span,
+} from "../../../lib/telemetry/tracing.js";
 import { invalid, requireText, requireUuid } from "../../../lib/validate.js";
 import type { GatewayConfig } from "../config.js";
 import { Connection, topicOf, type Principal, type SocketPort, type TopicBus } from "./connection.js";
 import { encodeServerFrame, errorCodeOf, errorFrame, pongFrame, serverFrame, type Decoded } from "./frames.js";
-import { CloseCode, type Encoding } from "./protocol.js";
+import { CloseCode, DRAINING_REASON, type Encoding } from "./protocol.js";
 import { GatewayPresence } from "./presence.js";
 import { ReadCursorQueue } from "./read-cursors.js";
 import { TYPING_EXPIRES_MS, TypingGate } from "./typing.js";
@@ -101,6 +113,10 @@ export interface GatewayStats {
   typingDropped: number;
   /** Receipt frames accepted. */
   receiptsIn: number;
+  /** Send frames accepted and handed to a router (messages in). */
+  sendsIn: number;
+  /** Frames written to connections for Deliver calls (messages, events, typing, presence out). */
+  framesDelivered: number;
 }
 
 /**
@@ -150,7 +166,11 @@ export class GatewayCore {
     typingForwarded: 0,
     typingDropped: 0,
     receiptsIn: 0,
+    sendsIn: 0,
+    framesDelivered: 0,
   };
+  /** Leaves the process's gateway metrics (lib/telemetry/metrics.ts) on drain. */
+  private readonly unobserveMetrics: () => void;
   /** One typing event per user and conversation per 3 s (core/typing.ts). */
   private readonly typingGate: TypingGate;
   /** Delivered/read receipts, stored in batches, told to who needs them (core/receipts.ts). */
@@ -161,6 +181,7 @@ export class GatewayCore {
     private readonly deps: GatewayDeps,
   ) {
     this.presence = new GatewayPresence(cfg, deps, { reply: (c, f) => this.reply(c, f) });
+    this.unobserveMetrics = observeGateway({ gatewayId: cfg.id, stats: () => this.stats });
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
     this.typingGate = new TypingGate(deps.clock);
@@ -209,7 +230,7 @@ export class GatewayCore {
     if (this.draining) {
       // Authenticated before the drain, upgraded after it: nothing would ever close it.
       conn.closed = true;
-      socket.close(CloseCode.GOING_AWAY, "gateway shutting down: reconnect");
+      socket.close(CloseCode.DRAINING, DRAINING_REASON);
       return;
     }
     this.stats.connections++;
@@ -356,19 +377,43 @@ export class GatewayCore {
       this.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, ConnectError.from(err).rawMessage, ref, s.clientMsgId));
       return;
     }
+    if (conn.closing) {
+      // The drain is closing this connection once its sends in flight are acked: not stored, send again after reconnecting.
+      this.reply(conn, errorFrame(ErrorCode.UNAVAILABLE, "gateway is draining: send again after reconnecting", ref, s.clientMsgId));
+      return;
+    }
     if (conn.inFlightSends >= this.cfg.maxInFlightSends) {
       this.reply(conn, errorFrame(ErrorCode.RATE_LIMITED, "too many sends waiting for an ack", ref, s.clientMsgId));
       return;
     }
     conn.inFlightSends++;
+    this.stats.sendsIn++;
+    const req: Parameters<RouterSend>[0] = {
+      senderId: conn.principal.userId,
+      senderDeviceId: conn.principal.deviceId,
+      conversationId: s.conversationId,
+      clientMsgId: s.clientMsgId,
+      body: s.body,
+    };
+    // Telemetry: the message's trace starts here (or continues the client's, if its frame
+    // carries one); the send carries it through the router's batches. The receive time
+    // travels with the message for the delivery latency measured where it is written.
+    const t = tracing();
+    let span: Span | undefined;
+    if (t) {
+      // The client's own trace context decides, else this gateway's sampling.
+      const parent = s.traceparent === "" ? undefined : sampledContextOf(s.traceparent, s.tracestate);
+      if (parent || (s.traceparent === "" && sampleNewTrace())) {
+        span = startSpan(t, "send", SpanKind.SERVER, parent, {
+          "parley.gateway.id": this.cfg.id,
+          "parley.conversation_id": s.conversationId,
+        });
+        Object.assign(req, traceFields(span));
+      }
+    }
+    if (instruments().enabled) req.receivedAtMs = BigInt(Date.now());
     try {
-      const ack = await this.deps.send({
-        senderId: conn.principal.userId,
-        senderDeviceId: conn.principal.deviceId,
-        conversationId: s.conversationId,
-        clientMsgId: s.clientMsgId,
-        body: s.body,
-      });
+      const ack = await this.deps.send(req);
       // The sender has read their own message.
       this.readCursors.advance(conn.principal.userId, ack.conversationId, Number(ack.seq));
       this.reply(
@@ -388,19 +433,32 @@ export class GatewayCore {
           },
         }),
       );
+      if (span) {
+        span.setAttributes({ "parley.seq": Number(ack.seq), "parley.duplicate": ack.duplicate });
+        span.end();
+      }
     } catch (err) {
       const ce = ConnectError.from(err);
       const code = errorCodeOf(ce);
       if (code === ErrorCode.INTERNAL) this.deps.logger.error({ err: ce }, "send failed");
       this.reply(conn, errorFrame(code, ce.rawMessage, ref, s.clientMsgId));
+      endSpan(span, ce);
     } finally {
       conn.inFlightSends--;
+      if (conn.inFlightSends === 0) conn.sendsSettled();
     }
   }
 
   private reply(conn: Connection, frame: ReturnType<typeof serverFrame>): void {
     this.stats.framesOut++;
+    if (frame.kind.case === "error") this.countErrorFrame(frame.kind.value.code);
     if (!conn.write(frame)) this.slow(conn);
+  }
+
+  /** Error frames by code (metrics; attribute sets cached by the instruments). */
+  private countErrorFrame(code: ErrorCode): void {
+    const m = instruments();
+    if (m.enabled) m.countError("frame", ErrorCode[code]?.toLowerCase() ?? String(code));
   }
 
   private slow(conn: Connection): void {
@@ -422,14 +480,28 @@ export class GatewayCore {
     let delivered = 0;
     this.stats.deliverCalls++;
     this.stats.envelopes += req.envelopes.length;
+    // Telemetry: each envelope continues its message's trace (a `deliver` span, ended once
+    // its frames are written below) and, when measured, records the delivery latency.
+    const t = tracing();
+    const m = instruments();
+    let spans: Span[] | undefined;
     for (const env of req.envelopes) {
-      const m = env.membership;
-      const changed = m !== undefined && m.conversationId !== "" ? m.conversationId : undefined;
+      if (t && env.traceparent !== "") {
+        const span = startItemSpan(t, "deliver", SpanKind.CONSUMER, env, {
+          "parley.gateway.id": this.cfg.id,
+          "parley.conversation_id": env.conversationId || env.topicConversationId,
+          "parley.seq": Number(env.seq),
+          "parley.delivery": env.topicConversationId !== "" ? "topic" : "direct",
+        });
+        if (span) (spans ??= []).push(span);
+      }
+      const mu = env.membership;
+      const changed = mu !== undefined && mu.conversationId !== "" ? mu.conversationId : undefined;
       if (env.watchersOfUserId !== "") {
         delivered += this.presence.deliverToWatchers(env.watchersOfUserId, env.serverFrame);
         continue;
       }
-      if (changed) for (const userId of m!.joinedUserIds) this.applyMembership(userId, changed, true);
+      if (changed) for (const userId of mu!.joinedUserIds) this.applyMembership(userId, changed, true);
       if (env.serverFrame.length > 0) {
         let json: string | undefined;
         const jsonOf = () => (json ??= encodeServerFrame(fromBinary(ServerFrameSchema, env.serverFrame), "json") as string);
@@ -461,12 +533,18 @@ export class GatewayCore {
         }
       }
       if (changed) {
-        for (const userId of m!.leftUserIds) this.applyMembership(userId, changed, false);
-        if (m!.deleted) this.deleteTopic(changed);
+        for (const userId of mu!.leftUserIds) this.applyMembership(userId, changed, false);
+        if (mu!.deleted) this.deleteTopic(changed);
       }
     }
     delivered += this.writeDirect(perConn);
     this.stats.framesOut += delivered;
+    this.stats.framesDelivered += delivered;
+    if (m.enabled) {
+      const now = Date.now();
+      for (const env of req.envelopes) if (env.receivedAtMs > 0n) m.deliveryLatency.record(Math.max(0, now - Number(env.receivedAtMs)));
+    }
+    if (spans) for (const span of spans) span.end();
     return { deliveredFrames: delivered, absentUserIds: [...absent], absentTopics: [...absentTopics] };
   }
 
@@ -893,12 +971,27 @@ export class GatewayCore {
     return n;
   }
 
-  /** Closes every connection with 1001 so clients reconnect elsewhere, and unregisters them. */
+  /** Takes no new connection from now on (the first step of a drain, core/drain.ts). */
+  stopAccepting(): void {
+    this.draining = true;
+  }
+
+  /** The open connections, a snapshot. */
+  openConnections(): Connection[] {
+    return [...this.byUser.values()].flat();
+  }
+
+  /**
+   * Closes every connection still open with 4012 (DRAINING) so clients reconnect
+   * elsewhere, unregisters them, and stops the background work (presence, cursors,
+   * receipts) after its last flush. core/drain.ts closes them gently before this.
+   */
   async drain(): Promise<void> {
     this.draining = true;
     clearInterval(this.refreshTimer);
-    const all = [...this.byUser.values()].flat();
-    for (const c of all) c.socket?.close(CloseCode.GOING_AWAY, "gateway shutting down: reconnect");
+    this.unobserveMetrics();
+    const all = this.openConnections();
+    for (const c of all) c.socket?.close(CloseCode.DRAINING, DRAINING_REASON);
     for (const c of all) this.close(c);
     await this.queueFlush();
     await this.presence.stop();

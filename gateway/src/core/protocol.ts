@@ -6,7 +6,10 @@
 export const CloseCode = {
   /** Normal closure. */
   NORMAL: 1000,
-  /** The gateway is shutting down: reconnect (another gateway will take you). */
+  /**
+   * Not sent by Parley gateways (they send DRAINING): a proxy or load balancer in front
+   * of them may send it when it goes away. Reconnect with backoff.
+   */
   GOING_AWAY: 1001,
   /**
    * Not sent: what a client observes when the gateway drops a connection without a
@@ -20,9 +23,18 @@ export const CloseCode = {
   SESSION_REVOKED: 4001,
   /** The client read too slowly and the gateway's send buffer filled: reconnect and resync. */
   SLOW_CONSUMER: 4008,
+  /**
+   * This gateway is draining (shutting down or being replaced): ask
+   * AuthService.AssignGateway for another gateway and reconnect there now, then resume.
+   * No backoff needed: the gateway already spreads its closes over the drain period.
+   */
+  DRAINING: 4012,
   /** A backend needed to register the connection is unavailable: reconnect with backoff. */
   TRY_AGAIN_LATER: 4013,
 } as const;
+
+/** The close reason sent with DRAINING (4012). */
+export const DRAINING_REASON = "gateway draining: reconnect to another gateway";
 
 /** Subprotocols: the encoding of the frames the server sends. */
 export const SUBPROTOCOL_BINARY = "parley.v1";

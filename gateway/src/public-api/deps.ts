@@ -1,6 +1,7 @@
 import { Code, ConnectError, type Client, type HandlerContext } from "@connectrpc/connect";
 import type { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import type { MessageStoreService } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
+import type { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import type { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Principal } from "../core/connection.js";
 
@@ -9,6 +10,7 @@ export interface PublicApiDeps {
   session: Client<typeof SessionService>;
   groups: Client<typeof GroupsService>;
   messagestore: Client<typeof MessageStoreService>;
+  notify: Client<typeof NotifyService>;
   authenticate(token: string): Promise<Principal>;
   /** The session was revoked: close its connections on this gateway. */
   sessionRevoked(sessionId: string): void;

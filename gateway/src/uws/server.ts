@@ -1,6 +1,7 @@
 import { createRequire } from "node:module";
 import uWS, { type TemplatedApp, type us_listen_socket, type WebSocket } from "uWebSockets.js";
 import type { Logger } from "../../../lib/logger.js";
+import { readinessHttp, type ReadinessReport, type ReadinessSource } from "../../../lib/readiness.js";
 import type { Routes } from "../../../lib/rpc.js";
 import type { GatewayConfig } from "../config.js";
 import { originAllowed } from "../config.js";
@@ -28,7 +29,9 @@ export interface PublicServer {
 }
 
 /**
- * The public port: WebSocket at `/ws`, the Connect API, and `/healthz`. The only
+ * The public port: WebSocket at `/ws`, the Connect API, `/healthz` (liveness: 200 while
+ * the process runs, draining or not) and `/readyz` (readiness: 503 while draining or
+ * while a backend of `readiness` fails; without one, only draining counts). The only
  * place (with connect-adapter.ts) that touches uWebSockets.js.
  */
 export async function startPublicServer(
@@ -36,6 +39,7 @@ export async function startPublicServer(
   core: GatewayCore,
   api: Routes,
   logger: Logger,
+  readiness?: ReadinessSource,
 ): Promise<PublicServer> {
   assertNativeUws();
   const app: TemplatedApp = uWS.App();
@@ -130,9 +134,30 @@ export async function startPublicServer(
   });
 
   app.get("/healthz", (res) => {
-    res.cork(() => {
-      if (core.accepting) res.writeHeader("content-type", "text/plain").end("ok");
-      else res.writeStatus("503 Service Unavailable").end("draining", true);
+    // While draining, every response lets go of its keep-alive connection.
+    res.cork(() => res.writeHeader("content-type", "text/plain").writeHeader("cache-control", "no-store").end("ok", !core.accepting));
+  });
+
+  const ready = async (): Promise<ReadinessReport> => {
+    const r = readiness ? await readiness.report() : undefined;
+    if (!core.accepting) return { ready: false, state: "draining", failing: ["draining"], checks: r?.checks ?? [], checkedAtMs: Date.now() };
+    return r ?? { ready: true, state: "serving", failing: [], checks: [], checkedAtMs: Date.now() };
+  };
+  app.get("/readyz", (res) => {
+    let aborted = false;
+    res.onAborted(() => {
+      aborted = true;
+    });
+    void ready().then((r) => {
+      if (aborted) return;
+      const { status, body } = readinessHttp(r);
+      res.cork(() =>
+        res
+          .writeStatus(status === 200 ? "200 OK" : "503 Service Unavailable")
+          .writeHeader("content-type", "application/json")
+          .writeHeader("cache-control", "no-store")
+          .end(body, !core.accepting),
+      );
     });
   });
 

@@ -5,6 +5,7 @@ import { createLogger, type Logger } from "../../../lib/logger.js";
 import { peer } from "../../../lib/process-discovery.js";
 import type { OwnedTransport } from "../../../lib/rpc.js";
 import type { Sql } from "../../../lib/sql.js";
+import { sqlCheck, type ReadinessCheck } from "../../../lib/readiness.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
 import { openPostgres } from "../../../lib/sql-pg.js";
 import { UuidV7Generator } from "../../../lib/ids.js";
@@ -37,6 +38,8 @@ export class GroupsContext {
     private readonly ownedSql: Sql | undefined,
     /** The router transport built here (overrides belong to the caller). */
     private readonly ownedRouter: OwnedTransport | undefined,
+    /** The database the store uses, when built here or passed in (readiness checks it). */
+    private readonly sql: { name: string; sql: Sql } | undefined,
   ) {
     this.ids = new UuidV7Generator(clock);
   }
@@ -45,13 +48,14 @@ export class GroupsContext {
     const logger = o.logger ?? createLogger("groups", cfg.logLevel);
     const clock = o.clock ?? Date.now;
     let ownedSql: Sql | undefined;
+    let usedSql: Sql | undefined;
     let store = o.store;
     if (!store) {
-      const sql =
+      const sql = (usedSql =
         o.sql ??
         (ownedSql = cfg.postgresUrl
           ? await openPostgres(cfg.postgresUrl, { onIdleError: (err) => logger.warn({ err }, "postgres connection lost") })
-          : await openPglite(cfg.dataDir));
+          : await openPglite(cfg.dataDir)));
       try {
         store = await SqlConversationStore.open(sql);
       } catch (err) {
@@ -67,7 +71,13 @@ export class GroupsContext {
       clock,
     });
     publisher.start();
-    return new GroupsContext(store, publisher, cfg.memberCap, clock, logger, ownedSql, ownedRouter);
+    const database = usedSql && { name: cfg.postgresUrl ? "postgres" : "pglite", sql: usedSql };
+    return new GroupsContext(store, publisher, cfg.memberCap, clock, logger, ownedSql, ownedRouter, database);
+  }
+
+  /** The backends this service needs to be ready (lib/readiness.ts): its database. The router it publishes to is not one. */
+  readinessChecks(): ReadinessCheck[] {
+    return this.sql ? [sqlCheck(this.sql.name, this.sql.sql)] : [];
   }
 
   async close(): Promise<void> {

@@ -13,6 +13,6 @@ await runServiceProcess({
   services: [GroupsService],
   async start(logger, discovery) {
     const ctx = await GroupsContext.fromConfig(cfg, { logger, discovery });
-    return { routes: groupsRoutes(ctx), close: () => ctx.close() };
+    return { routes: groupsRoutes(ctx), close: () => ctx.close(), checks: ctx.readinessChecks() };
   },
 }, process.env);

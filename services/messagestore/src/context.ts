@@ -1,6 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import { createLogger, type Logger } from "../../../lib/logger.js";
 import type { Sql } from "../../../lib/sql.js";
+import { PROBE_ID, type ReadinessCheck } from "../../../lib/readiness.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
 import { openPostgres } from "../../../lib/sql-pg.js";
 import type { MessageStoreConfig } from "./config.js";
@@ -28,6 +29,8 @@ export class MessageStoreContext {
     readonly logger: Logger,
     private readonly ownedSql: Sql | undefined,
     private readonly ownedRepository?: MessageRepository,
+    /** What the repository stores into, as readiness names it. */
+    private readonly backend = "repository",
   ) {}
 
   static async fromConfig(cfg: MessageStoreConfig, overrides: MessageStoreOverrides = {}): Promise<MessageStoreContext> {
@@ -61,7 +64,16 @@ export class MessageStoreContext {
       clock: overrides.clock,
       logger: logger.child({ subsystem: "sequencer" }),
     });
-    return new MessageStoreContext(repository, sequencer, logger, ownedSql, ownedRepository);
+    const backend = overrides.repository ? "repository" : cfg.cassandra ? "cassandra" : overrides.sql ? "database" : cfg.postgresUrl ? "postgres" : "pglite";
+    return new MessageStoreContext(repository, sequencer, logger, ownedSql, ownedRepository, backend);
+  }
+
+  /**
+   * The backends this service needs to be ready (lib/readiness.ts): its message table
+   * answers a read (one head lookup of an id no conversation has, in Cassandra or SQL).
+   */
+  readinessChecks(): ReadinessCheck[] {
+    return [{ name: this.backend, check: () => this.repository.heads([PROBE_ID]) }];
   }
 
   /** Finishes the queued appends, then closes what the context opened. */

@@ -13,6 +13,6 @@ await runServiceProcess({
   services: [MessageStoreService],
   async start(logger) {
     const ctx = await MessageStoreContext.fromConfig(cfg, { logger });
-    return { routes: messageStoreRoutes(ctx), close: () => ctx.close() };
+    return { routes: messageStoreRoutes(ctx), close: () => ctx.close(), checks: ctx.readinessChecks() };
   },
 }, process.env);

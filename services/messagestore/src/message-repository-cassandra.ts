@@ -80,6 +80,7 @@
  *   (`paxos_variant: v2` in cassandra.yaml) for fewer round trips per conditional write.
  */
 import cassandra from "cassandra-driver";
+import { backendCall, statementOperation } from "../../../lib/telemetry/backend.js";
 import { SeqConflictError, StoreUnavailableError } from "./errors.js";
 import { plainBytes, type ConversationHead, type IdempotencyKey, type MessageRepository, type StoredMessage } from "./message-repository.js";
 
@@ -163,6 +164,12 @@ export function isCassandraUnavailable(err: unknown): boolean {
 
 function unavailable(err: unknown): unknown {
   return isCassandraUnavailable(err) ? new StoreUnavailableError(`cassandra: ${(err as Error).message}`, { cause: err }) : err;
+}
+
+/** `quorum`, `serial`, ...: a consistency level's name (span attributes). */
+function consistencyName(level: number): string {
+  for (const [name, value] of Object.entries(consistencies)) if (value === level) return name.toLowerCase();
+  return String(level);
 }
 
 /** The statements that create the schema (idempotent). */
@@ -348,9 +355,39 @@ export class CassandraMessageRepository implements MessageRepository {
     return this.lastTs;
   }
 
+  /**
+   * One statement, traced under the caller's span (the message store's write batch or
+   * request) and measured, with the database conventions (lib/telemetry/backend.ts).
+   */
+  private execute(query: string, params: unknown[], options: cassandra.QueryOptions): Promise<cassandra.types.ResultSet> {
+    return backendCall("cassandra", () => statementOperation(query), () => this.client.execute(query, params, options), {
+      attributes: () => this.spanAttributes(query, options),
+    });
+  }
+
+  /** An unlogged single-partition batch of one statement, traced and measured as `BATCH <table>`. */
+  private batch(queries: { query: string; params: unknown[] }[], options: cassandra.QueryOptions): Promise<cassandra.types.ResultSet> {
+    const first = queries[0]?.query ?? "";
+    return backendCall("cassandra", () => `BATCH ${statementOperation(first).split(" ")[1] ?? ""}`.trim(), () => this.client.batch(queries, options), {
+      attributes: () => ({ ...this.spanAttributes(first, options), "db.operation.batch.size": queries.length }),
+    });
+  }
+
+  private spanAttributes(query: string, options: cassandra.QueryOptions): Record<string, string | number> {
+    const op = statementOperation(query).split(" ");
+    // No db.query.text: the operation and table name the statement (this file's own), and
+    // the text would be most of each span's export size on the hot path.
+    const attrs: Record<string, string | number> = { "db.namespace": this.ks };
+    if (op[1]) attrs["db.collection.name"] = op[1];
+    const consistency = options.consistency ?? this.consistency;
+    attrs["cassandra.consistency.level"] = consistencyName(consistency);
+    if (options.serialConsistency !== undefined) attrs["cassandra.serial_consistency.level"] = consistencyName(options.serialConsistency);
+    return attrs;
+  }
+
   private async run(query: string, params: unknown[], options: cassandra.QueryOptions = {}): Promise<cassandra.types.ResultSet> {
     try {
-      return await this.client.execute(query, params, options);
+      return await this.execute(query, params, options);
     } catch (err) {
       throw unavailable(err);
     }
@@ -413,7 +450,7 @@ export class CassandraMessageRepository implements MessageRepository {
     const batches: Promise<unknown>[] = [];
     for (const [bucket, list] of byBucket) {
       batches.push(
-        this.client.batch(
+        this.batch(
           list.map((m) => ({
             query: insertMessage,
             params: [
@@ -434,7 +471,7 @@ export class CassandraMessageRepository implements MessageRepository {
       );
     }
     batches.push(
-      this.client.batch(
+      this.batch(
         messages.map((m) => ({ query: insertKey, params: [conversationId, m.senderId, m.clientMsgId, BigInt(m.seq)] })),
         options,
       ),
@@ -544,7 +581,7 @@ export class CassandraMessageRepository implements MessageRepository {
           };
     let applied: boolean;
     try {
-      const rs = await this.client.execute(lwt.query, lwt.params, {
+      const rs = await this.execute(lwt.query, lwt.params, {
         consistency: this.consistency,
         serialConsistency: this.serial,
         isIdempotent: false,

@@ -1,5 +1,6 @@
 import { UuidV7Generator } from "../../../lib/ids.js";
 import type { Logger } from "../../../lib/logger.js";
+import { inBatchSpan, runIn, tracing, type Context } from "../../../lib/telemetry/tracing.js";
 import { AppendContentionError, SeqConflictError, SequencerClosedError, StoreUnavailableError } from "./errors.js";
 import { idempotencyKey, type IdempotencyKey, type MessageRepository, type StoredMessage } from "./message-repository.js";
 
@@ -11,6 +12,11 @@ export interface AppendInput {
   body: string;
   /** Event messages: the encoded event (non-empty), stored as given. */
   event?: Uint8Array;
+  /**
+   * The append's span while tracing (lib/telemetry): the repository calls of the batch
+   * it is written in are traced under it (the batch links the other appends' spans).
+   */
+  trace?: Context;
 }
 
 export interface AppendResult {
@@ -192,13 +198,19 @@ export class Sequencer {
         if (log.lastSeq === undefined) {
           // Loaded before taking the batch, so appends arriving meanwhile join it.
           try {
-            log.lastSeq = await this.repo.lastSeq(log.conversationId);
+            const first = log.queue[0]!.input.trace;
+            log.lastSeq = await runIn(first, () => this.repo.lastSeq(log.conversationId));
           } catch (err) {
             this.fail(log, log.queue.splice(0), err);
             continue;
           }
         }
-        await this.writeBatch(log, log.queue.splice(0, this.batchLength(log.queue)));
+        const batch = log.queue.splice(0, this.batchLength(log.queue));
+        if (tracing()) {
+          await inBatchSpan("write batch", batch.map((p) => p.input.trace), () => this.writeBatch(log, batch), {
+            "parley.conversation_id": log.conversationId,
+          });
+        } else await this.writeBatch(log, batch);
       }
     } finally {
       log.writing = false;

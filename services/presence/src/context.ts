@@ -5,6 +5,7 @@ import { openRedis } from "../../../lib/redis.js";
 import { MemoryConnectionRegistry } from "../../../lib/registry/connection-registry-memory.js";
 import { RedisConnectionRegistry } from "../../../lib/registry/connection-registry-redis.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { PROBE_ID, registryCheck, type ReadinessCheck } from "../../../lib/readiness.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { PresenceConfig } from "./config.js";
 import { PresenceFanOut } from "./presence-fan-out.js";
@@ -70,6 +71,18 @@ export class PresenceContext {
     );
     if (o.sweepTimer !== false) ctx.fanOut.start(cfg.sweepMs);
     return ctx;
+  }
+
+  /**
+   * The backends this service needs to be ready (lib/readiness.ts): the presence store
+   * and the registry's topic index (both Redis in a cluster, over their own connections).
+   */
+  readinessChecks(): ReadinessCheck[] {
+    const redis = this.store instanceof RedisPresenceStore;
+    return [
+      { name: redis ? "redis" : "presence-store", check: () => this.store.get([PROBE_ID], this.clock()) },
+      registryCheck(this.registry instanceof RedisConnectionRegistry ? "redis-registry" : "registry", this.registry),
+    ];
   }
 
   async close(): Promise<void> {

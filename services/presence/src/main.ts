@@ -14,6 +14,6 @@ await runServiceProcess({
   async start(logger, discovery) {
     // Discovery (etcd) finds the gateways to deliver presence changes to.
     const ctx = await PresenceContext.fromConfig(cfg, { logger, discovery });
-    return { routes: presenceRoutes(ctx), close: () => ctx.close() };
+    return { routes: presenceRoutes(ctx), close: () => ctx.close(), checks: ctx.readinessChecks() };
   },
 }, process.env);

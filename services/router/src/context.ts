@@ -7,6 +7,7 @@ import {
   type AppendResponse,
 } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { ShardedBatcher } from "../../../lib/batcher.js";
+import { tracedBatch } from "../../../lib/telemetry/tracing.js";
 import { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import type { Discovery } from "../../../lib/discovery/discovery.js";
 import { StaticDiscovery } from "../../../lib/discovery/discovery-static.js";
@@ -15,6 +16,7 @@ import { MemoryConnectionRegistry } from "../../../lib/registry/connection-regis
 import { RedisConnectionRegistry } from "../../../lib/registry/connection-registry-redis.js";
 import { openRedis } from "../../../lib/redis.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
+import { registryCheck, type ReadinessCheck } from "../../../lib/readiness.js";
 import { peer } from "../../../lib/process-discovery.js";
 import { dialGrpc, type OwnedTransport } from "../../../lib/rpc.js";
 import type { RouterConfig } from "./config.js";
@@ -64,7 +66,8 @@ export class RouterContext {
       (a) => a.conversationId ?? "",
       (t) => {
         const client = createClient(MessageStoreService, t);
-        return async (appends) => (await client.appendBatch({ appends })).results.map((r) => r.result);
+        // Tracing: the call is traced under the first append's message, linked to the others.
+        return async (appends) => (await tracedBatch("store batch", appends, () => client.appendBatch({ appends }))).results.map((r) => r.result);
       },
     );
     this.membership = new MembershipCache(createClient(GroupsService, groups), {
@@ -100,6 +103,15 @@ export class RouterContext {
       cfg,
       !o.registry,
     );
+  }
+
+  /**
+   * The backends this service needs to be ready (lib/readiness.ts): the connection
+   * registry (Redis). The services it calls (groups, message store, notify, gateways) are
+   * not: each has its own readiness, and a router taken out for their outage helps nobody.
+   */
+  readinessChecks(): ReadinessCheck[] {
+    return [registryCheck(this.registry instanceof RedisConnectionRegistry ? "redis" : "registry", this.registry)];
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,8 @@ import type { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_se
 import type { Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { clientMessage } from "../../../lib/client-message.js";
 import type { Logger } from "../../../lib/logger.js";
+import { instruments } from "../../../lib/telemetry/metrics.js";
+import { contextWith, inBatchSpan, traceFields, tracing, type Span, type TraceFields } from "../../../lib/telemetry/tracing.js";
 import { gatewaysOf, type ConnectionRegistry, type DeviceLocation } from "../../../lib/registry/connection-registry.js";
 import { GatewayOutbox } from "./gateway-outbox.js";
 import type { ConversationRoute } from "./membership-cache.js";
@@ -24,6 +26,10 @@ export interface FanOutItem {
   /** The sending device: it got the ack, so it does not get the message too. */
   senderDeviceId: string;
   membership?: MembershipChange;
+  /** When the sender's gateway received it (ms since the epoch; 0/absent: unknown), for the delivery latency metric. */
+  receivedAtMs?: bigint;
+  /** The message's `fan-out` span (tracing): ended once its envelopes are queued; they carry its context. */
+  span?: Span;
 }
 
 /** An event that is delivered like a message but never stored (typing). */
@@ -47,6 +53,8 @@ interface Outgoing {
   seq: bigint;
   message?: Message;
   membership?: MembershipChange;
+  receivedAtMs: bigint;
+  span?: Span;
 }
 
 function outgoing(item: FanOutItem): Outgoing {
@@ -60,11 +68,31 @@ function outgoing(item: FanOutItem): Outgoing {
     seq: item.message.seq,
     message: item.message,
     membership: item.membership,
+    receivedAtMs: item.receivedAtMs ?? 0n,
+    span: item.span,
   };
 }
 
 function ephemeral(e: EphemeralItem): Outgoing {
-  return { ...e, frame: () => e.serverFrame, seq: 0n };
+  return { ...e, frame: () => e.serverFrame, seq: 0n, receivedAtMs: 0n };
+}
+
+const NO_TRACE: TraceFields = { traceparent: "", tracestate: "" };
+
+/** What every envelope of a message carries for its trace and latency (made once per message; nothing when unmeasured). */
+function envelopeTelemetry(item: Outgoing): (TraceFields & { receivedAtMs: bigint }) | undefined {
+  if (!item.span && item.receivedAtMs === 0n) return undefined;
+  return { ...(item.span ? traceFields(item.span) : NO_TRACE), receivedAtMs: item.receivedAtMs };
+}
+
+/** Ends a message's fan-out span with the number of gateways it went to, and records that size. */
+function fannedOut(item: Outgoing, gateways: number): void {
+  if (!item.message) return;
+  instruments().fanoutGateways.record(gateways);
+  if (item.span) {
+    item.span.setAttribute("parley.fanout.gateways", gateways);
+    item.span.end();
+  }
 }
 
 export interface FanOutStats {
@@ -139,10 +167,14 @@ export class FanOut {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, MAX_BATCH);
       try {
-        await this.dispatch(batch);
+        // Tracing: the registry lookup is one call for the batch, traced in a span under
+        // the first message's fan-out span and linked to the others'.
+        if (tracing()) await inBatchSpan("fan-out batch", batch.map((o) => o.span && contextWith(o.span)), () => this.dispatch(batch));
+        else await this.dispatch(batch);
       } catch (err) {
         // Registry down: the messages are stored; devices catch up from history.
         this.logger.warn({ err, messages: batch.length }, "fan-out failed");
+        for (const o of batch) o.span?.end();
       }
     }
     this.running = false;
@@ -187,6 +219,7 @@ export class FanOut {
     }
     if (byGateway.size > 0) {
       const serverFrame = item.frame();
+      const telemetry = envelopeTelemetry(item);
       for (const [gatewayId, userIds] of byGateway) {
         const outbox = this.outbox(gatewayId);
         if (outbox) {
@@ -196,10 +229,12 @@ export class FanOut {
             excludeDeviceId: item.senderDeviceId,
             conversationId: item.message ? item.conversationId : "",
             seq: item.seq,
+            ...telemetry,
           });
         } else void this.forget(gatewayId, userIds, []);
       }
     }
+    fannedOut(item, byGateway.size);
   }
 
   /**
@@ -212,8 +247,9 @@ export class FanOut {
     const m = item.membership;
     for (const u of m?.joined ?? []) for (const gw of where.get(u) ?? []) gateways.add(gw);
     for (const u of m?.left ?? []) for (const gw of where.get(u) ?? []) gateways.add(gw);
-    if (gateways.size === 0) return;
+    if (gateways.size === 0) return fannedOut(item, 0);
     const serverFrame = item.frame();
+    const telemetry = envelopeTelemetry(item);
     const membership = m && {
       conversationId,
       joinedUserIds: [...m.joined],
@@ -234,8 +270,10 @@ export class FanOut {
         membership,
         conversationId: item.message ? conversationId : "",
         seq: item.seq,
+        ...telemetry,
       });
     }
+    fannedOut(item, gateways.size);
   }
 
   private outbox(gatewayId: string): GatewayOutbox | undefined {

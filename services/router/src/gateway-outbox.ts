@@ -2,6 +2,7 @@ import type { Client } from "@connectrpc/connect";
 import type { DeliveryService, EnvelopeSchema } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Logger } from "../../../lib/logger.js";
+import { tracedBatch } from "../../../lib/telemetry/tracing.js";
 
 export type EnvelopeInit = MessageInitShape<typeof EnvelopeSchema>;
 
@@ -45,7 +46,8 @@ export class GatewayOutbox {
       this.queue = this.queue.length <= MAX_BATCH ? [] : this.queue.slice(MAX_BATCH);
       this.stats.deliverCalls++;
       try {
-        const res = await this.client.deliver({ envelopes: batch });
+        // Tracing: the call is traced under the first envelope's message, linked to the others.
+        const res = await tracedBatch("deliver batch", batch, () => this.client.deliver({ envelopes: batch }));
         if (res.absentUserIds.length > 0 || res.absentTopics.length > 0) {
           this.onAbsent(this.gatewayId, res.absentUserIds, res.absentTopics);
         }

@@ -13,6 +13,6 @@ await runServiceProcess({
   services: [RouterService],
   async start(logger, discovery) {
     const ctx = await RouterContext.fromConfig(cfg, { logger, discovery });
-    return { routes: routerRoutes(ctx), close: () => ctx.close() };
+    return { routes: routerRoutes(ctx), close: () => ctx.close(), checks: ctx.readinessChecks() };
   },
 }, process.env);

@@ -10,6 +10,7 @@ import {
 } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConversationRoute } from "./membership-cache.js";
+import { detached } from "../../../lib/telemetry/tracing.js";
 
 const PREVIEW_CHARS = 120;
 /** Items per MessagesStored call (the RPC's limit). */
@@ -106,7 +107,8 @@ export class NotifyQueue {
         }
         this.stats.calls++;
         try {
-          await this.notify.messagesStored({ messages: batch }, { timeoutMs: this.o.callTimeoutMs });
+          // Off the message path: not traced under whatever request started this loop.
+          await detached(() => this.notify.messagesStored({ messages: batch }, { timeoutMs: this.o.callTimeoutMs }));
           this.stats.handedOver += batch.reduce((n, b) => n + b.count, 0);
           this.failures = 0;
         } catch (err) {

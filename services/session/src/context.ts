@@ -5,6 +5,7 @@ import { createLogger, type Logger } from "../../../lib/logger.js";
 import { openPostgres } from "../../../lib/sql-pg.js";
 import { openPglite } from "../../../lib/sql-pglite.js";
 import type { Sql } from "../../../lib/sql.js";
+import { sqlCheck, type ReadinessCheck } from "../../../lib/readiness.js";
 import type { AccountStore } from "./account-store.js";
 import { openSqlAccountStore } from "./account-store-sql.js";
 import { Accounts } from "./accounts.js";
@@ -38,6 +39,7 @@ export class SessionContext {
     readonly logger: Logger,
     private readonly ownedSql: Sql | undefined,
     readonly discovery: Discovery | undefined,
+    private readonly sql: Sql,
   ) {}
 
   static async fromConfig(cfg: SessionConfig, overrides: SessionOverrides = {}): Promise<SessionContext> {
@@ -74,11 +76,16 @@ export class SessionContext {
         logger,
       });
       const contacts = new Contacts({ store, clock, max: cfg.contactsMax });
-      return new SessionContext(cfg, accounts, contacts, store, clock, logger, ownedSql, overrides.discovery);
+      return new SessionContext(cfg, accounts, contacts, store, clock, logger, ownedSql, overrides.discovery, sql);
     } catch (err) {
       await ownedSql?.close();
       throw err;
     }
+  }
+
+  /** The backends this service needs to be ready (lib/readiness.ts): its database. */
+  readinessChecks(): ReadinessCheck[] {
+    return [sqlCheck(this.config.postgresUrl ? "postgres" : "pglite", this.sql)];
   }
 
   async close(): Promise<void> {

@@ -13,6 +13,6 @@ await runServiceProcess({
   services: [SessionService],
   async start(logger, discovery) {
     const ctx = await SessionContext.fromConfig(cfg, { logger, discovery });
-    return { routes: sessionRoutes(ctx), close: () => ctx.close() };
+    return { routes: sessionRoutes(ctx), close: () => ctx.close(), checks: ctx.readinessChecks() };
   },
 }, process.env);

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file parley/gateway/v1/delivery_service.proto.
  */
 export const file_parley_gateway_v1_delivery_service: GenFile = /*@__PURE__*/
-  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIRCg9HZXRTdGF0c1JlcXVlc3QiwwEKEEdldFN0YXRzUmVzcG9uc2USEwoLY29ubmVjdGlvbnMYASABKA0SEQoJZnJhbWVzX2luGAIgASgEEhIKCmZyYW1lc19vdXQYAyABKAQSFQoNZGVsaXZlcl9jYWxscxgEIAEoBBIRCgllbnZlbG9wZXMYBSABKAQSFwoPdG9waWNfcHVibGlzaGVzGAYgASgEEhgKEHR5cGluZ19mb3J3YXJkZWQYByABKAQSFgoOdHlwaW5nX2Ryb3BwZWQYCCABKAQi6AEKCEVudmVsb3BlEhAKCHVzZXJfaWRzGAEgAygJEhQKDHNlcnZlcl9mcmFtZRgCIAEoDBIZChFleGNsdWRlX2RldmljZV9pZBgDIAEoCRIdChV0b3BpY19jb252ZXJzYXRpb25faWQYBCABKAkSNwoKbWVtYmVyc2hpcBgFIAEoCzIjLnBhcmxleS5nYXRld2F5LnYxLk1lbWJlcnNoaXBVcGRhdGUSFwoPY29udmVyc2F0aW9uX2lkGAYgASgJEgsKA3NlcRgHIAEoBBIbChN3YXRjaGVyc19vZl91c2VyX2lkGAggASgJImwKEE1lbWJlcnNoaXBVcGRhdGUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD2pvaW5lZF91c2VyX2lkcxgCIAMoCRIVCg1sZWZ0X3VzZXJfaWRzGAMgAygJEg8KB2RlbGV0ZWQYBCABKAgiQAoORGVsaXZlclJlcXVlc3QSLgoJZW52ZWxvcGVzGAEgAygLMhsucGFybGV5LmdhdGV3YXkudjEuRW52ZWxvcGUiWwoPRGVsaXZlclJlc3BvbnNlEhgKEGRlbGl2ZXJlZF9mcmFtZXMYASABKA0SFwoPYWJzZW50X3VzZXJfaWRzGAIgAygJEhUKDWFic2VudF90b3BpY3MYAyADKAkyuAEKD0RlbGl2ZXJ5U2VydmljZRJQCgdEZWxpdmVyEiEucGFybGV5LmdhdGV3YXkudjEuRGVsaXZlclJlcXVlc3QaIi5wYXJsZXkuZ2F0ZXdheS52MS5EZWxpdmVyUmVzcG9uc2USUwoIR2V0U3RhdHMSIi5wYXJsZXkuZ2F0ZXdheS52MS5HZXRTdGF0c1JlcXVlc3QaIy5wYXJsZXkuZ2F0ZXdheS52MS5HZXRTdGF0c1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CihwYXJsZXkvZ2F0ZXdheS92MS9kZWxpdmVyeV9zZXJ2aWNlLnByb3RvEhFwYXJsZXkuZ2F0ZXdheS52MSIRCg9HZXRTdGF0c1JlcXVlc3QiwwEKEEdldFN0YXRzUmVzcG9uc2USEwoLY29ubmVjdGlvbnMYASABKA0SEQoJZnJhbWVzX2luGAIgASgEEhIKCmZyYW1lc19vdXQYAyABKAQSFQoNZGVsaXZlcl9jYWxscxgEIAEoBBIRCgllbnZlbG9wZXMYBSABKAQSFwoPdG9waWNfcHVibGlzaGVzGAYgASgEEhgKEHR5cGluZ19mb3J3YXJkZWQYByABKAQSFgoOdHlwaW5nX2Ryb3BwZWQYCCABKAQiqQIKCEVudmVsb3BlEhAKCHVzZXJfaWRzGAEgAygJEhQKDHNlcnZlcl9mcmFtZRgCIAEoDBIZChFleGNsdWRlX2RldmljZV9pZBgDIAEoCRIdChV0b3BpY19jb252ZXJzYXRpb25faWQYBCABKAkSNwoKbWVtYmVyc2hpcBgFIAEoCzIjLnBhcmxleS5nYXRld2F5LnYxLk1lbWJlcnNoaXBVcGRhdGUSFwoPY29udmVyc2F0aW9uX2lkGAYgASgJEgsKA3NlcRgHIAEoBBIbChN3YXRjaGVyc19vZl91c2VyX2lkGAggASgJEhMKC3RyYWNlcGFyZW50GAkgASgJEhIKCnRyYWNlc3RhdGUYCiABKAkSFgoOcmVjZWl2ZWRfYXRfbXMYCyABKAQibAoQTWVtYmVyc2hpcFVwZGF0ZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPam9pbmVkX3VzZXJfaWRzGAIgAygJEhUKDWxlZnRfdXNlcl9pZHMYAyADKAkSDwoHZGVsZXRlZBgEIAEoCCJACg5EZWxpdmVyUmVxdWVzdBIuCgllbnZlbG9wZXMYASADKAsyGy5wYXJsZXkuZ2F0ZXdheS52MS5FbnZlbG9wZSJbCg9EZWxpdmVyUmVzcG9uc2USGAoQZGVsaXZlcmVkX2ZyYW1lcxgBIAEoDRIXCg9hYnNlbnRfdXNlcl9pZHMYAiADKAkSFQoNYWJzZW50X3RvcGljcxgDIAMoCTK4AQoPRGVsaXZlcnlTZXJ2aWNlElAKB0RlbGl2ZXISIS5wYXJsZXkuZ2F0ZXdheS52MS5EZWxpdmVyUmVxdWVzdBoiLnBhcmxleS5nYXRld2F5LnYxLkRlbGl2ZXJSZXNwb25zZRJTCghHZXRTdGF0cxIiLnBhcmxleS5nYXRld2F5LnYxLkdldFN0YXRzUmVxdWVzdBojLnBhcmxleS5nYXRld2F5LnYxLkdldFN0YXRzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message parley.gateway.v1.GetStatsRequest
@@ -147,6 +147,28 @@ export type Envelope = Message<"parley.gateway.v1.Envelope"> & {
    * @generated from field: string watchers_of_user_id = 8;
    */
   watchersOfUserId: string;
+
+  /**
+   * W3C trace context of the router's fan-out span of this envelope's message (only
+   * when tracing is on): the gateway's deliver span continues the message's trace. A
+   * Deliver carries many messages, so each envelope has its own.
+   *
+   * @generated from field: string traceparent = 9;
+   */
+  traceparent: string;
+
+  /**
+   * @generated from field: string tracestate = 10;
+   */
+  tracestate: string;
+
+  /**
+   * When the sender's gateway received the message (ms since the Unix epoch; 0 = not
+   * measured): the receiving gateway records the end-to-end delivery latency.
+   *
+   * @generated from field: uint64 received_at_ms = 11;
+   */
+  receivedAtMs: bigint;
 };
 
 /**

@@ -9,6 +9,7 @@ import {
   type AppendResponse,
 } from "../../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { settleEach } from "../../../../lib/batcher.js";
+import { contextWith, endSpan, SpanKind, startItemSpan, tracing } from "../../../../lib/telemetry/tracing.js";
 import { invalid, requireText, requireUuid } from "../../../../lib/validate.js";
 import type { AppendInput } from "../sequencer.js";
 import type { MessageStoreContext } from "../context.js";
@@ -47,11 +48,22 @@ export function appendInput(req: AppendRequest): AppendInput {
  */
 async function appendOne(ctx: MessageStoreContext, req: AppendRequest): Promise<AppendResponse> {
   const input = appendInput(req);
+  // Tracing: the message's `append` span, from the trace context the item carries (a
+  // batch mixes messages); its repository calls are traced under it (sequencer).
+  const t = tracing();
+  const span = t && startItemSpan(t, "append", SpanKind.CONSUMER, req, { "parley.conversation_id": input.conversationId });
+  if (span) input.trace = contextWith(span);
   try {
     const { message, duplicate } = await ctx.sequencer.append(input);
+    if (span) {
+      span.setAttributes({ "parley.seq": message.seq, "parley.duplicate": duplicate });
+      span.end();
+    }
     return create(AppendResponseSchema, { message: toProtoMessage(message), duplicate });
   } catch (err) {
-    throw toConnectError(err, ctx.logger);
+    const ce = toConnectError(err, ctx.logger);
+    endSpan(span, ce);
+    throw ce;
   }
 }
 

@@ -1,4 +1,5 @@
 import type { ApplyConversationChangeRequest } from "../../../../gen/parley/router/v1/router_service_pb.js";
+import { endSpan, recordingParent, SpanKind, startSpan, traceFields, tracing } from "../../../../lib/telemetry/tracing.js";
 import { invalid, requireUuid } from "../../../../lib/validate.js";
 import type { RouterContext } from "../context.js";
 
@@ -31,16 +32,29 @@ export function applyConversationChange(ctx: RouterContext) {
     if (req.event.length > MAX_EVENT_BYTES) throw invalid("event", `at most ${MAX_EVENT_BYTES} bytes`);
     ctx.membership.invalidate(conversationId);
     if (req.event.length === 0) return { seq: 0n };
-    const { message } = await ctx.appends.submit({
-      conversationId,
-      senderId: req.actorId,
-      senderDeviceId: "",
-      clientMsgId: req.changeId,
-      body: "",
-      event: req.event,
-    });
+    // Tracing: the event's store and fan-out continue this call's trace (its server span).
+    const t = tracing();
+    const parent = t && recordingParent();
+    const storeSpan = parent && startSpan(t!, "store", SpanKind.PRODUCER, parent);
+    let message;
+    try {
+      ({ message } = await ctx.appends.submit({
+        conversationId,
+        senderId: req.actorId,
+        senderDeviceId: "",
+        clientMsgId: req.changeId,
+        body: "",
+        event: req.event,
+        ...(storeSpan && traceFields(storeSpan)),
+      }));
+      endSpan(storeSpan);
+    } catch (err) {
+      endSpan(storeSpan, err);
+      throw err;
+    }
     if (!message) throw new Error("message store answered without a message");
     ctx.fanOut.enqueue({
+      span: parent && startSpan(t!, "fan-out", SpanKind.PRODUCER, parent, { "parley.conversation_id": conversationId }),
       message,
       // Only groups have events: a 1:1's changes (blocks) carry none.
       route: { kind: "group", memberIds: [] },

@@ -9,6 +9,7 @@ import {
   type SendResponse,
 } from "../../../../gen/parley/router/v1/router_service_pb.js";
 import { itemError } from "../../../../lib/batcher.js";
+import { contextWith, endSpan, SpanKind, startItemSpan, startSpan, traceFields, tracing, type Span } from "../../../../lib/telemetry/tracing.js";
 import { requireText, requireUuid } from "../../../../lib/validate.js";
 import type { RouterContext } from "../context.js";
 import type { Access } from "../membership-cache.js";
@@ -33,6 +34,10 @@ function validate(req: SendRequest): void {
  * between, so one conversation's sends are sequenced in the order given.
  */
 async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): Promise<(SendResponse | ConnectError)[]> {
+  // Tracing: each send's `route` span continues its own trace (the item's trace fields,
+  // set by the sender's gateway), whatever batch it came in.
+  const t = tracing();
+  const routeSpans: (Span | undefined)[] | undefined = t && sends.map((s) => startItemSpan(t, "route", SpanKind.CONSUMER, s, { "parley.conversation_id": s.conversationId }));
   const out: (SendResponse | ConnectError | undefined)[] = sends.map((s) => {
     try {
       validate(s);
@@ -68,6 +73,9 @@ async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): P
       const blocked = route?.kind === "direct" && route.memberIds.includes(s.senderId);
       return void (out[i] = new ConnectError(blocked ? "blocked: this conversation is read-only" : "not a member of this conversation", Code.PermissionDenied));
     }
+    const routeSpan = routeSpans?.[i];
+    // The router's side of the append (batching and the call); the store's `append` continues it.
+    const storeSpan = routeSpan && startSpan(t!, "store", SpanKind.PRODUCER, contextWith(routeSpan));
     try {
       const { message, duplicate } = await ctx.appends.submit({
         conversationId: s.conversationId,
@@ -75,11 +83,20 @@ async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): P
         senderDeviceId: s.senderDeviceId,
         clientMsgId: s.clientMsgId,
         body: s.body,
+        ...(storeSpan && traceFields(storeSpan)),
       });
+      endSpan(storeSpan);
       if (!message) throw new ConnectError("message store answered without a message", Code.Internal);
+      routeSpan?.setAttributes({ "parley.seq": Number(message.seq), "parley.duplicate": duplicate });
       // A resend was fanned out the first time; doing it again would duplicate it on devices.
       if (!duplicate) {
-        ctx.fanOut.enqueue({ message, route, senderDeviceId: s.senderDeviceId });
+        ctx.fanOut.enqueue({
+          message,
+          route,
+          senderDeviceId: s.senderDeviceId,
+          receivedAtMs: s.receivedAtMs,
+          span: routeSpan && startSpan(t!, "fan-out", SpanKind.PRODUCER, contextWith(routeSpan), { "parley.conversation_id": s.conversationId }),
+        });
         ctx.notifyQueue.add(message, route);
       }
       out[i] = create(SendResponseSchema, {
@@ -90,10 +107,12 @@ async function handleSends(ctx: RouterContext, sends: readonly SendRequest[]): P
         duplicate,
       });
     } catch (err) {
+      if (storeSpan?.isRecording()) endSpan(storeSpan, err);
       out[i] = ConnectError.from(err);
     }
   });
   await Promise.all(stored);
+  if (routeSpans) routeSpans.forEach((span, i) => endSpan(span, out[i] instanceof ConnectError ? out[i] : undefined));
   return out as (SendResponse | ConnectError)[];
 }
 
