@@ -1,7 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import type { Routes } from "../../../lib/rpc.js";
-import { isUnavailable } from "../../../lib/sql.js";
+import { errorBoundary } from "../../../lib/handler-errors.js";
 import type { GroupsContext } from "./context.js";
 import { addMembers } from "./routes/add-members.js";
 import { advanceCursors } from "./routes/advance-cursors.js";
@@ -26,15 +25,7 @@ import { unblockUser } from "./routes/unblock-user.js";
 import { updateGroup } from "./routes/update-group.js";
 
 export function groupsRoutes(ctx: GroupsContext): Routes {
-  const h =
-    <Req, Res>(handler: (req: Req) => Promise<Res>) =>
-    async (req: Req): Promise<Res> => {
-      try {
-        return await handler(req);
-      } catch (err) {
-        throw toConnectError(ctx, err);
-      }
-    };
+  const h = errorBoundary(ctx.logger);
   return (router) =>
     router.service(GroupsService, {
       getOrCreateDirectConversation: h(getOrCreateDirectConversation(ctx)),
@@ -59,15 +50,4 @@ export function groupsRoutes(ctx: GroupsContext): Routes {
       unblockUser: h(unblockUser(ctx)),
       listBlockedUsers: h(listBlockedUsers(ctx)),
     });
-}
-
-/** A database that is down is UNAVAILABLE (retry later), anything unexpected INTERNAL. */
-function toConnectError(ctx: GroupsContext, err: unknown): ConnectError {
-  if (err instanceof ConnectError) return err;
-  if (isUnavailable(err)) {
-    ctx.logger.warn({ err }, "database unavailable");
-    return new ConnectError("database unavailable", Code.Unavailable);
-  }
-  ctx.logger.error({ err }, "unexpected error");
-  return new ConnectError("internal error", Code.Internal);
 }

@@ -1,7 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { NotifyService } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import type { Routes } from "../../../lib/rpc.js";
-import { isUnavailable } from "../../../lib/sql.js";
+import { errorBoundary } from "../../../lib/handler-errors.js";
 import type { NotifyContext } from "./context.js";
 import { getSettings } from "./routes/get-settings.js";
 import { getStats } from "./routes/get-stats.js";
@@ -13,15 +12,7 @@ import { unregisterDevice } from "./routes/unregister-device.js";
 import { updateSettings } from "./routes/update-settings.js";
 
 export function notifyRoutes(ctx: NotifyContext): Routes {
-  const h =
-    <Req, Res>(handler: (req: Req) => Promise<Res>) =>
-    async (req: Req): Promise<Res> => {
-      try {
-        return await handler(req);
-      } catch (err) {
-        throw toConnectError(ctx, err);
-      }
-    };
+  const h = errorBoundary(ctx.logger);
   return (router) =>
     router.service(NotifyService, {
       registerDevice: h(registerDevice(ctx)),
@@ -33,15 +24,4 @@ export function notifyRoutes(ctx: NotifyContext): Routes {
       getStats: h(getStats(ctx)),
       listDeadLetters: h(listDeadLetters(ctx)),
     });
-}
-
-/** A database that is down is UNAVAILABLE (retry later), anything unexpected INTERNAL. */
-function toConnectError(ctx: NotifyContext, err: unknown): ConnectError {
-  if (err instanceof ConnectError) return err;
-  if (isUnavailable(err)) {
-    ctx.logger.warn({ err }, "database unavailable");
-    return new ConnectError("database unavailable", Code.Unavailable);
-  }
-  ctx.logger.error({ err }, "notify request failed");
-  return new ConnectError("internal error", Code.Internal);
 }

@@ -9,8 +9,8 @@ import {
   type StoredMessages,
 } from "../../../gen/parley/notify/v1/notify_service_pb.js";
 import type { Logger } from "../../../lib/logger.js";
-import type { ConversationRoute } from "./membership-cache.js";
 import { detached } from "../../../lib/telemetry/tracing.js";
+import type { ConversationRoute } from "./membership-cache.js";
 
 const PREVIEW_CHARS = 120;
 /** Items per MessagesStored call (the RPC's limit). */

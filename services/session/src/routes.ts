@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { SessionService } from "../../../gen/parley/session/v1/session_service_pb.js";
 import type { Routes } from "../../../lib/rpc.js";
-import { isUnavailable } from "../../../lib/sql.js";
+import { errorBoundary } from "../../../lib/handler-errors.js";
 import { ContactLimitError, UnknownUserError } from "./account-store.js";
 import type { SessionContext } from "./context.js";
 import { AuthenticationError, ContactNotFoundError, UsernameTakenError } from "./errors.js";
@@ -19,15 +19,8 @@ import { signUp } from "./routes/sign-up.js";
 
 /** The SessionService on any host: gRPC server, the gateway, or in-process for tests. */
 export function sessionRoutes(ctx: SessionContext): Routes {
-  const h =
-    <Req, Res>(fn: (ctx: SessionContext, req: Req) => Promise<Res>) =>
-    async (req: Req): Promise<Res> => {
-      try {
-        return await fn(ctx, req);
-      } catch (err) {
-        throw toConnectError(ctx, err);
-      }
-    };
+  const boundary = errorBoundary(ctx.logger, domainError);
+  const h = <Req, Res>(fn: (ctx: SessionContext, req: Req) => Promise<Res>) => boundary((req: Req) => fn(ctx, req));
   return (router) => {
     router.service(SessionService, {
       signUp: h(signUp),
@@ -45,17 +38,12 @@ export function sessionRoutes(ctx: SessionContext): Routes {
   };
 }
 
-function toConnectError(ctx: SessionContext, err: unknown): ConnectError {
-  if (err instanceof ConnectError) return err;
+/** The session service's own errors as the codes clients see. */
+function domainError(err: unknown): ConnectError | undefined {
   if (err instanceof AuthenticationError) return new ConnectError(err.message, Code.Unauthenticated);
   if (err instanceof UsernameTakenError) return new ConnectError(err.message, Code.AlreadyExists);
   if (err instanceof ContactNotFoundError) return new ConnectError(err.message, Code.NotFound);
   if (err instanceof UnknownUserError) return new ConnectError("no such user", Code.NotFound);
   if (err instanceof ContactLimitError) return new ConnectError(err.message, Code.ResourceExhausted);
-  if (isUnavailable(err)) {
-    ctx.logger.warn({ err }, "database unavailable");
-    return new ConnectError("database unavailable", Code.Unavailable);
-  }
-  ctx.logger.error({ err }, "unexpected error");
-  return new ConnectError("internal error", Code.Internal);
+  return undefined;
 }

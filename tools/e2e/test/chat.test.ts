@@ -4,22 +4,16 @@ import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { ErrorCode, type ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
 import { ConversationKind } from "../../../gen/parley/client/v1/types_pb.js";
 import { GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
 import { grpcJsUnary } from "../../../lib/testing/grpc-js.js";
 import { api, FrameClient, ROOT, startPlatformProcess, tempDir, type RunningPlatform } from "../harness.js";
+import { rejectsWith } from "../../../lib/testing/connect.js";
 
 const PASSWORD = "correct horse battery";
 const N = 100;
-
-async function rejectsWith(p: Promise<unknown>, code: Code) {
-  await assert.rejects(p, (e: unknown) => {
-    assert.equal(ConnectError.from(e).code, code, String(e));
-    return true;
-  });
-}
 
 function messagesOf(c: FrameClient, conversationId: string) {
   return c.frames.flatMap((f) => (f.kind.case === "message" && f.kind.value.conversationId === conversationId ? [f.kind.value] : []));

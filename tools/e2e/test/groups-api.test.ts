@@ -2,12 +2,13 @@ import assert from "node:assert/strict";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { ErrorCode, type ServerFrame } from "../../../gen/parley/client/v1/frames_pb.js";
 import { ConversationKind, Role, type Conversation, type Message } from "../../../gen/parley/client/v1/types_pb.js";
 import { realClusterBackends } from "../../../lib/testing/backends.js";
 import { startCluster } from "../../cluster/cluster.js";
 import { api, FrameClient, startPlatformProcess, tempDir, type ApiClients } from "../harness.js";
+import { rejectsWith } from "../../../lib/testing/connect.js";
 
 /**
  * The public contacts, group and conversation API end to end, with every authorization
@@ -18,22 +19,6 @@ import { api, FrameClient, startPlatformProcess, tempDir, type ApiClients } from
 
 const PASSWORD = "correct horse battery";
 const NOT_A_MEMBER = "not a member of this conversation";
-
-async function rejectsWith(p: Promise<unknown>, code: Code | Code[], message?: string | RegExp): Promise<ConnectError> {
-  let caught: unknown;
-  try {
-    await p;
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught !== undefined, "expected the call to fail");
-  const e = ConnectError.from(caught);
-  const codes = Array.isArray(code) ? code : [code];
-  assert.ok(codes.includes(e.code), `expected ${codes.map((c) => Code[c]).join("|")}, got ${Code[e.code]}: ${e.rawMessage}`);
-  if (typeof message === "string") assert.equal(e.rawMessage, message);
-  else if (message) assert.match(e.rawMessage, message);
-  return e;
-}
 
 const denied = (p: Promise<unknown>) => rejectsWith(p, Code.PermissionDenied, NOT_A_MEMBER);
 

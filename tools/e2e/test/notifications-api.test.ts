@@ -2,11 +2,12 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { PushPlatform, PushPrivacy } from "../../../gen/parley/client/v1/notification_service_pb.js";
 import { until } from "../../../lib/testing/wait.js";
 import { FakeWebhookReceiver } from "../../../services/notify/test/providers/webhook-fake.js";
 import { api, FrameClient, startPlatformProcess, tempDir, type ApiClients, type RunningPlatform } from "../harness.js";
+import { rejectsWith } from "../../../lib/testing/connect.js";
 
 /**
  * The public NotificationService on the embedded platform (`npm start`: PGlite, one
@@ -16,14 +17,6 @@ import { api, FrameClient, startPlatformProcess, tempDir, type ApiClients, type 
 
 const SECRET = "embedded-push-secret-of-32-bytes-or-more";
 const PASSWORD = "correct horse battery";
-
-async function rejectsWith(p: Promise<unknown>, code: Code): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    const e = ConnectError.from(err);
-    assert.equal(e.code, code, `expected ${Code[code]}, got ${Code[e.code]}: ${e.rawMessage}`);
-    return true;
-  });
-}
 
 describe("public NotificationService on the embedded platform", { timeout: 120_000 }, () => {
   const data = tempDir("parley-e2e-push-");
