@@ -321,6 +321,40 @@ function toHeaders(h: http2.IncomingHttpHeaders | undefined): Headers {
 }
 
 /**
+ * `pending` (a stream being opened), failing with DeadlineExceeded after `timeoutMs` or
+ * Canceled on `signal`; a stream that arrives after that is closed at once.
+ */
+function withDeadline(
+  pending: Promise<http2.ClientHttp2Stream>,
+  timeoutMs: number | undefined,
+  signal: AbortSignal | undefined,
+): Promise<http2.ClientHttp2Stream> {
+  if ((timeoutMs === undefined || timeoutMs <= 0) && !signal) return pending;
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const finish = (err: ConnectError | undefined, stream?: http2.ClientHttp2Stream) => {
+      if (done) {
+        if (stream && !stream.closed) stream.close(h2.NGHTTP2_CANCEL);
+        return;
+      }
+      done = true;
+      if (timer) clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      if (err) reject(err);
+      else resolve(stream!);
+    };
+    const onAbort = () => finish(ConnectError.from(signal!.reason, Code.Canceled));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const timer =
+      timeoutMs !== undefined && timeoutMs > 0 ? setTimeout(() => finish(new ConnectError("deadline exceeded", Code.DeadlineExceeded)), timeoutMs) : undefined;
+    pending.then(
+      (stream) => finish(undefined, stream),
+      (err: unknown) => finish(transportError(err)),
+    );
+  });
+}
+
+/**
  * A transport whose unary calls take the lean path over `sessionManager` (one HTTP/2
  * connection, reconnecting as connect-node's manager does) and whose streaming calls go
  * to `streaming`.
@@ -348,11 +382,14 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
       }
       if (header) new Headers(header).forEach((v, k) => (headers[k] = v));
 
+      // The deadline counts from here: getting a stream may wait for a connection to be
+      // made or verified with a PING (up to the manager's pingTimeoutMs).
+      const deadline = timeoutMs !== undefined && timeoutMs > 0 ? performance.now() + timeoutMs : undefined;
       let stream: http2.ClientHttp2Stream;
       try {
-        stream = await sessionManager.request("POST", `/${method.parent.typeName}/${method.name}`, headers, {});
+        stream = await withDeadline(sessionManager.request("POST", `/${method.parent.typeName}/${method.name}`, headers, {}), timeoutMs, signal);
       } catch (err) {
-        const ce = transportError(err);
+        const ce = err instanceof ConnectError ? err : transportError(err);
         endRpcSpan(traced?.span, ce.code, ce);
         throw ce;
       }
@@ -375,8 +412,8 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
         };
         const onAbort = () => settle(ConnectError.from(signal!.reason, Code.Canceled));
         signal?.addEventListener("abort", onAbort, { once: true });
-        if (timeoutMs !== undefined && timeoutMs > 0) {
-          timer = setTimeout(() => settle(new ConnectError("deadline exceeded", Code.DeadlineExceeded)), timeoutMs);
+        if (deadline !== undefined) {
+          timer = setTimeout(() => settle(new ConnectError("deadline exceeded", Code.DeadlineExceeded)), Math.max(0, deadline - performance.now()));
         }
         stream.once("response", (h) => (responseHeaders = h));
         stream.once("trailers", (h) => (trailers = h));

@@ -1,10 +1,13 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
+import * as net from "node:net";
+import { performance } from "node:perf_hooks";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
-import { parseGrpcTimeout } from "../grpc-unary.js";
+import { leanGrpcTransport, parseGrpcTimeout } from "../grpc-unary.js";
 import { createLogger } from "../logger.js";
 import { createClient, dialGrpc, startGrpcServer, type GrpcServer, type Routes } from "../rpc.js";
 import { grpcJsUnary } from "../testing/grpc-js.js";
@@ -197,6 +200,48 @@ describe("lean unary gRPC when the server is gone", { timeout: 30_000 }, () => {
       await assert.rejects(client.listPushCandidates({ userIds: ["a"] }), (err) => codeOf(err) === Code.Unavailable);
     } finally {
       transport.close();
+    }
+  });
+});
+
+describe("lean unary gRPC deadlines cover getting a connection", { timeout: 30_000 }, () => {
+  it("a call whose connection must be verified (PING) by a peer that went silent fails at the caller's deadline, not the ping timeout", async () => {
+    const seen: Seen = {};
+    const server = await startGrpcServer({ port: 0, routes: routes(seen), services: [GroupsService], logger });
+    // A TCP relay in front of the server that can go silent: a peer that froze, or a host that dropped off.
+    let silent = false;
+    const relayed = new Set<net.Socket>();
+    const relay = net.createServer((down) => {
+      const up = net.connect(Number(new URL(server.url).port), "127.0.0.1");
+      relayed.add(down).add(up);
+      down.on("data", (d) => void (silent || up.write(d)));
+      up.on("data", (d) => void (silent || down.write(d)));
+      down.on("error", () => up.destroy()).on("close", () => up.destroy());
+      up.on("error", () => down.destroy()).on("close", () => down.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
+    // Verify before every use after 1 ms idle; a silent peer is given up on after 20 s.
+    const manager = new Http2SessionManager(`http://127.0.0.1:${(relay.address() as net.AddressInfo).port}`, {
+      pingIntervalMs: 1,
+      pingTimeoutMs: 20_000,
+    });
+    const transport = leanGrpcTransport(manager, createGrpcTransport({ baseUrl: server.url, sessionManager: manager }));
+    try {
+      const client = createClient(GroupsService, transport);
+      assert.equal((await client.listPushCandidates({ userIds: ["a"] })).candidates.length, 1);
+      silent = true;
+      // Idle longer than pingIntervalMs, so the next call verifies the connection first
+      // (time passing is the condition here, not a stand-in for an event).
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      const started = performance.now();
+      await assert.rejects(client.listPushCandidates({ userIds: ["a"] }, { timeoutMs: 300 }), (err) => codeOf(err) === Code.DeadlineExceeded);
+      const took = performance.now() - started;
+      assert.ok(took < 10_000, `failed after ${Math.round(took)} ms: the deadline (300 ms) must bound the wait for the PING answer (20 s)`);
+    } finally {
+      manager.abort();
+      for (const s of relayed) s.destroy();
+      relay.close();
+      await server.close();
     }
   });
 });

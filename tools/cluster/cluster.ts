@@ -55,6 +55,22 @@ export interface ClusterOptions {
   onLine?: (proc: string, line: string) => void;
 }
 
+const PINO_LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
+/**
+ * Lines at or above this pino level are echoed to stderr with the process name, so a
+ * failing test shows what the cluster said (PARLEY_CLUSTER_ECHO: a level name, or "off";
+ * default warn). Lines that are not pino JSON (a crash's stack trace) always count.
+ */
+const ECHO_LEVEL: number | undefined = (() => {
+  const v = process.env.PARLEY_CLUSTER_ECHO ?? "warn";
+  return v === "off" ? undefined : (PINO_LEVELS[v] ?? PINO_LEVELS.warn);
+})();
+
+function levelOf(line: string): number {
+  const m = /^\{"level":(\d+)/.exec(line);
+  return m ? Number(m[1]) : 60;
+}
+
 /** One process of the cluster. */
 export class ClusterProcess {
   readonly child: ChildProcess;
@@ -84,6 +100,7 @@ export class ClusterProcess {
       createInterface({ input: stream }).on("line", (line) => {
         if (this.lines.length > 200) this.lines.shift();
         this.lines.push(line);
+        if (ECHO_LEVEL !== undefined && levelOf(line) >= ECHO_LEVEL) process.stderr.write(`[${env.PARLEY_ETCD_PREFIX ?? ""}/${name}] ${line}\n`);
         onLine?.(name, line);
       });
     }

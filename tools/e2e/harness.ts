@@ -38,21 +38,31 @@ export class Signal {
     for (const w of [...this.waiters]) w();
   }
 
+  /** A `check` that throws fails the wait at once with that error. */
   until<T>(what: string, check: () => T | undefined | false, timeoutMs = 10_000): Promise<T> {
-    const first = check();
-    if (first !== undefined && first !== false) return Promise.resolve(first);
+    try {
+      const first = check();
+      if (first !== undefined && first !== false) return Promise.resolve(first);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise<T>((resolve, reject) => {
-      const waiter = () => {
-        const v = check();
-        if (v === undefined || v === false) return;
+      const finish = (err: unknown, v?: T) => {
         this.waiters.delete(waiter);
         clearTimeout(timer);
-        resolve(v);
+        if (err) reject(err);
+        else resolve(v!);
       };
-      const timer = setTimeout(() => {
-        this.waiters.delete(waiter);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-      }, timeoutMs);
+      const waiter = () => {
+        let v: T | undefined | false;
+        try {
+          v = check();
+        } catch (err) {
+          return finish(err);
+        }
+        if (v !== undefined && v !== false) finish(undefined, v);
+      };
+      const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
       this.waiters.add(waiter);
     });
   }
@@ -179,7 +189,12 @@ export class FrameClient {
       ws.once("error", reject);
       ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
     });
-    await client.waitFor("hello", (f) => f.kind.case === "hello");
+    // A close before Hello (e.g. 4013 TRY_AGAIN_LATER) fails at once, with its code and reason.
+    await client.signal.until("hello", () => {
+      if (client.frames.some((f) => f.kind.case === "hello")) return true;
+      if (client.closeCode !== undefined) throw new Error(`closed with ${client.closeCode} (${client.closeReason}) before hello`);
+      return undefined;
+    });
     return client;
   }
 
