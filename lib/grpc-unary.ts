@@ -262,8 +262,11 @@ export function serveUnary(
 // ---------------------------------------------------------------- client
 
 /** Maps a failure of the connection or the stream to a ConnectError (retryable ones to Unavailable). */
-function transportError(err: unknown, rstCode?: number): ConnectError {
+function transportError(err: unknown, rstCode?: number, connectionLost = false): ConnectError {
   if (err instanceof ConnectError) return err;
+  // Node resets the streams of a connection that died (a TCP reset: the peer's process was
+  // killed) with INTERNAL_ERROR: that is a lost connection, not a server's verdict.
+  if (connectionLost) rstCode = undefined;
   // Our own cancellations settle the call before the stream closes, so a CANCEL seen
   // here came from the peer or from the connection going away (node resets the open
   // streams of a lost connection with CANCEL): the call did not complete. It is treated
@@ -282,6 +285,11 @@ function transportError(err: unknown, rstCode?: number): ConnectError {
   // mid-call: the peer is (momentarily) not there. Callers retry or fail over.
   const detail = err instanceof Error ? err.message : `stream closed${rstCode ? ` (0x${rstCode.toString(16)})` : ""}`;
   return new ConnectError(`connection to the service failed: ${detail}`, Code.Unavailable, undefined, undefined, err);
+}
+
+/** Whether the stream's connection is gone (node detaches the streams of a destroyed session). */
+function lost(stream: http2.ClientHttp2Stream): boolean {
+  return stream.session === undefined || stream.session.destroyed;
 }
 
 /** The HTTP status of a non-gRPC response, as gRPC maps it. */
@@ -425,16 +433,16 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
           }
           chunks.push(chunk);
         });
-        stream.once("error", (err) => settle(transportError(err, stream.rstCode)));
+        stream.once("error", (err) => settle(transportError(err, stream.rstCode, lost(stream))));
         stream.once("close", () => {
           if (settled) return;
-          if (!responseHeaders) return settle(transportError(undefined, stream.rstCode));
+          if (!responseHeaders) return settle(transportError(undefined, stream.rstCode, lost(stream)));
           const httpStatus = Number(responseHeaders[":status"]);
           // Trailers-only responses carry grpc-status in the headers.
           const status = headerValue(trailers, "grpc-status") ?? headerValue(responseHeaders, "grpc-status");
           if (status === undefined) {
             if (httpStatus !== 200) return settle(new ConnectError(`HTTP ${httpStatus}`, codeFromHttpStatus(httpStatus)));
-            return settle(transportError(undefined, stream.rstCode));
+            return settle(transportError(undefined, stream.rstCode, lost(stream)));
           }
           const code = Number(status);
           if (code !== GRPC_OK) {

@@ -186,6 +186,27 @@ describe("lean unary gRPC when the server is gone", { timeout: 30_000 }, () => {
     }
   });
 
+  it("fails with Unavailable when the server's host resets the connection mid-call (a process killed with kill -9)", async () => {
+    const server = http2.createServer();
+    server.on("stream", (stream) => {
+      stream.resume();
+      // The kernel of a killed process answers with a TCP reset.
+      stream.once("end", () => stream.session?.socket.resetAndDestroy());
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const transport = dialGrpc(`http://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
+    try {
+      const client = createClient(GroupsService, transport);
+      await assert.rejects(client.listPushCandidates({ userIds: ["a"] }), (err) => {
+        assert.equal(codeOf(err), Code.Unavailable, String(err));
+        return true;
+      });
+    } finally {
+      transport.close();
+      server.close();
+    }
+  });
+
   it("reports a call cut by the server's shutdown deadline as Unavailable, and later calls too", async () => {
     const seen: Seen = {};
     const server = await startGrpcServer({ port: 0, routes: routes(seen), services: [GroupsService], logger, drainMs: 0 });
