@@ -49,3 +49,37 @@ export function backendPids(root: string): Map<string, number> {
 export function backendCpu(pids: Map<string, number>): Map<string, number> {
   return new Map([...pids].map(([name, pid]) => [name, treeCpuSeconds(pid)]));
 }
+
+/**
+ * Extra node flags for the cluster processes of `kind`: `BENCH_NODE_ARGS` (e.g.
+ * "--cpu-prof --cpu-prof-dir=/tmp/prof"), for the kinds in `BENCH_NODE_KIND` (a comma-separated
+ * list; unset: every kind).
+ */
+export function benchNodeArgs(kind: string): string[] {
+  const kinds = process.env.BENCH_NODE_KIND?.split(",").map((k) => k.trim()).filter(Boolean);
+  if (kinds && kinds.length > 0 && !kinds.includes(kind)) return [];
+  return process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
+}
+
+/** CPU seconds so far of named node processes and of the backend servers. */
+export interface CpuSnapshot {
+  processes: Map<string, number>;
+  backends: Map<string, number>;
+}
+
+export function snapshotCpu(processes: readonly { name: string; pid: number }[], backends: Map<string, number>): CpuSnapshot {
+  return { processes: new Map(processes.map((p) => [p.name, cpuSeconds(p.pid)])), backends: backendCpu(backends) };
+}
+
+/** CPU used between two snapshots: node processes and backends apart, and a line by process. */
+export function cpuBetween(before: CpuSnapshot, after: CpuSnapshot): { nodeSeconds: number; backendSeconds: number; line: string } {
+  const diff = (a: Map<string, number>, b: Map<string, number>) => [...b].map(([name, s]) => [name, s - (a.get(name) ?? s)] as const);
+  const node = diff(before.processes, after.processes);
+  const backends = diff(before.backends, after.backends);
+  const sum = (xs: (readonly [string, number])[]) => xs.reduce((s, [, v]) => s + v, 0);
+  return {
+    nodeSeconds: sum(node),
+    backendSeconds: sum(backends),
+    line: [...node, ...backends].map(([name, s]) => `${name}=${s.toFixed(2)}`).join(" "),
+  };
+}

@@ -23,7 +23,7 @@ import WebSocket from "ws";
 import { ensureInfra, startCluster, type Cluster } from "../cluster/cluster.js";
 import { FrameClient } from "../e2e/harness.js";
 import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
-import { backendCpu, backendPids, cpuSeconds, percentile } from "./cpu.js";
+import { backendPids, benchNodeArgs, cpuBetween, cpuSeconds, percentile, snapshotCpu } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -179,10 +179,9 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
   const clients = await mapLimit(members.slice(0, online), 20, (m, i) =>
     FrameClient.connect(`${gateways[i % gateways.length]!.publicUrl!.replace(/^http/, "ws")}/ws`, m.token),
   );
+  const procs = cluster.processes.map((p) => ({ name: p.name, pid: p.child.pid! }));
   const pids = backendPids(ROOT);
-  const before = cluster.processes.reduce((sum, p) => sum + cpuSeconds(p.child.pid!), 0);
-  const perProcess = new Map(cluster.processes.map((p) => [p.name, cpuSeconds(p.child.pid!)]));
-  const backendsBefore = backendCpu(pids);
+  const before = snapshotCpu(procs, pids);
   const run = await drive(
     online,
     (s, body) => clients[s]!.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId, body } } }),
@@ -195,16 +194,10 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
       });
     },
   );
-  const cpu = cluster.processes.reduce((sum, p) => sum + cpuSeconds(p.child.pid!), 0) - before;
-  const backends = [...backendCpu(pids)].map(([name, s]) => [name, s - backendsBefore.get(name)!] as const);
-  console.error(
-    `group of ${groupSize}: server CPU-seconds by process:`,
-    cluster.processes.map((p) => `${p.name}=${(cpuSeconds(p.child.pid!) - perProcess.get(p.name)!).toFixed(2)}`).join(" "),
-    backends.map(([name, s]) => `${name}=${s.toFixed(2)}`).join(" "),
-  );
+  const cpu = cpuBetween(before, snapshotCpu(procs, pids));
+  console.error(`group of ${groupSize}: server CPU-seconds by process:`, cpu.line);
   await Promise.all(clients.map((c) => c.close()));
-  const backendSeconds = backends.reduce((sum, [, s]) => sum + s, 0);
-  return result("parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", groupSize, online, run, cpu, backendSeconds);
+  return result("parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", groupSize, online, run, cpu.nodeSeconds, cpu.backendSeconds);
 }
 
 const results: Result[] = [];
@@ -216,8 +209,7 @@ const cluster = await startCluster({
     PARLEY_FRAME_BURST: "1000000",
     ...CHEAP_PASSWORD_HASHING,
   },
-  nodeArgs: (kind) =>
-    !process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : [],
+  nodeArgs: benchNodeArgs,
   onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
 });
 try {

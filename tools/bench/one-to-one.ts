@@ -30,7 +30,7 @@ import WebSocket from "ws";
 import { api, FrameClient } from "../e2e/harness.js";
 import { ensureInfra, startCluster } from "../cluster/cluster.js";
 import { startOtlpCollector, type OtlpCollector } from "../../lib/telemetry/otlp-collector.js";
-import { cpuSeconds, percentile } from "./cpu.js";
+import { backendPids, benchNodeArgs, cpuBetween, cpuSeconds, percentile, snapshotCpu } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -61,6 +61,8 @@ interface Result {
   delivered: number;
   seconds: number;
   serverCpuSeconds: number;
+  /** CPU of the backend servers (Cassandra, Postgres, Redis, etcd) over the same run; Parley only. */
+  backendCpuSeconds?: number;
   latenciesMs: number[];
 }
 
@@ -74,6 +76,12 @@ function report(r: Result) {
     p99Ms: +percentile(sorted, 99).toFixed(2),
     serverCpuSeconds: +r.serverCpuSeconds.toFixed(2),
     msgsPerCpuSecond: Math.round(r.delivered / r.serverCpuSeconds),
+    ...(r.backendCpuSeconds === undefined
+      ? {}
+      : {
+          backendCpuSeconds: +r.backendCpuSeconds.toFixed(2),
+          msgsPerCpuSecondWithBackends: Math.round(r.delivered / (r.serverCpuSeconds + r.backendCpuSeconds)),
+        }),
   };
 }
 
@@ -177,11 +185,8 @@ async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Pro
       PARLEY_FRAME_BURST: "1000000",
       ...telemetry.env,
     },
-    // BENCH_NODE_ARGS="--cpu-prof" BENCH_NODE_KIND=messagestore: flags for that kind only.
-    nodeArgs: (kind) => [
-      ...telemetry.nodeArgs,
-      ...(!process.env.BENCH_NODE_KIND || process.env.BENCH_NODE_KIND === kind ? (process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []) : []),
-    ],
+    // BENCH_NODE_ARGS="--cpu-prof" BENCH_NODE_KIND=messagestore,router: flags for those kinds only.
+    nodeArgs: (kind) => [...telemetry.nodeArgs, ...benchNodeArgs(kind)],
     onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
   });
   try {
@@ -217,14 +222,12 @@ async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Pro
       await drive(senders, onReceive, WARMUP);
       for (const off of listeners.splice(0)) off();
     }
-    const before = new Map(cluster.processes.map((p) => [p.name, cpuSeconds(p.child.pid!)]));
-    const cpu0 = [...before.values()].reduce((a, b) => a + b, 0);
+    const procs = cluster.processes.map((p) => ({ name: p.name, pid: p.child.pid! }));
+    const pids = backendPids(ROOT);
+    const before = snapshotCpu(procs, pids);
     const { seconds, latencies } = await drive(senders, onReceive);
-    const cpu1 = cluster.processes.reduce((s, p) => s + cpuSeconds(p.child.pid!), 0);
-    console.error(
-      "server CPU-seconds by process:",
-      cluster.processes.map((p) => `${p.name}=${(cpuSeconds(p.child.pid!) - before.get(p.name)!).toFixed(2)}`).join(" "),
-    );
+    const cpu = cpuBetween(before, snapshotCpu(procs, pids));
+    console.error("server CPU-seconds by process:", cpu.line);
     for (const p of pairs) {
       const errors = p.sender.frames.filter((f) => f.kind.case === "error");
       if (errors.length > 0) throw new Error(`send errors: ${errors.length}`);
@@ -232,7 +235,7 @@ async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Pro
       await p.receiver.close();
     }
     const name = `parley cluster (2 gw, 2 routers, 2 stores; Cassandra)${mode ? ` telemetry=${mode}` : ""}`;
-    return { name, delivered: latencies.length, seconds, serverCpuSeconds: cpu1 - cpu0, latenciesMs: latencies };
+    return { name, delivered: latencies.length, seconds, serverCpuSeconds: cpu.nodeSeconds, backendCpuSeconds: cpu.backendSeconds, latenciesMs: latencies };
   } finally {
     await cluster.stop();
   }
@@ -319,7 +322,8 @@ const parley = report(await benchParley());
 console.log(JSON.stringify({ pairs: PAIRS, messagesPerPair: MESSAGES, window: RATE === undefined ? WINDOW : undefined, rate: RATE, results: [relay, parley] }, null, 2));
 console.log(
   `\nparley / relay: throughput ${(parley.msgsPerSecond / relay.msgsPerSecond).toFixed(3)}x, ` +
-    `msgs per server CPU-second ${(parley.msgsPerCpuSecond / relay.msgsPerCpuSecond).toFixed(3)}x, ` +
+    `msgs per server CPU-second ${(parley.msgsPerCpuSecond / relay.msgsPerCpuSecond).toFixed(3)}x ` +
+    `(${(parley.msgsPerCpuSecondWithBackends! / relay.msgsPerCpuSecond).toFixed(3)}x counting the backends), ` +
     `p99 ${(parley.p99Ms / relay.p99Ms).toFixed(1)}x`,
 );
 process.exit(0);
