@@ -113,8 +113,16 @@ function harness(env: Record<string, string> = {}) {
       reply: (conn, frame) => {
         if (!conn.write(frame)) conn.socket?.close(4008, "slow");
       },
+      connectionsOf: (userId) => byUser().get(userId),
+      users: () => byUser().entries(),
     },
   );
+  /** The open connections by user, as the gateway core keeps them. */
+  function byUser(): Map<string, Connection[]> {
+    const out = new Map<string, Connection[]>();
+    for (const c of all) out.set(c.principal.userId, [...(out.get(c.principal.userId) ?? []), c]);
+    return out;
+  }
   function open(userId: string = randomUUID(), encoding: Encoding = "binary") {
     const conn = new Connection({ userId, deviceId: randomUUID(), sessionId: "s" }, encoding, 100, 0);
     const socket = new FakeSocket();

@@ -154,10 +154,13 @@ async function main() {
   const presenceClient = createClient(PresenceService, inProcess(presenceRoutes(ctx)));
   for (const id of GATEWAYS) {
     const cfg = { ...gatewayConfig({ PARLEY_PRESENCE_REPORT_MS: "3600000" }), id };
+    const conns = new Map<string, Connection[]>();
     const presence = new GatewayPresence(cfg, { presence: presenceClient, registry, clock: Date.now, logger: silent }, {
       reply: (conn, frame) => void conn.write(frame),
+      connectionsOf: (userId) => conns.get(userId),
+      users: () => conns.entries(),
     });
-    gws.set(id, { id, presence, conns: new Map() });
+    gws.set(id, { id, presence, conns });
   }
 
   // The contacts, all connected, alternately on the two gateways.
@@ -169,8 +172,8 @@ async function main() {
     const socket = new CountingSocket();
     conn.socket = socket;
     conn.ready = true;
-    gw.presence.connected(conn);
     gw.conns.set(userId, [conn]);
+    gw.presence.connected(conn);
     contacts.push({ userId, conn, socket, gw });
   }
   for (const gw of gws.values()) {

@@ -69,7 +69,8 @@ export class Connection {
   closing: (() => void) | undefined;
   /**
    * The group conversations this connection is subscribed to; undefined until its user's
-   * group list arrived. Socket-level subscriptions exist only once `ready` (after Hello).
+   * group list arrived (`groupsKnown`) and while it has none. Socket-level subscriptions
+   * exist only once `ready` (after Hello).
    */
   topics: Set<string> | undefined;
   /**
@@ -81,6 +82,17 @@ export class Connection {
   queuedResume: { ref: number; req: ResumeRequest } | undefined;
   /** A resume waiting for the send buffer to drain; called by GatewayCore.drained and on close. */
   drainWaiter: (() => void) | undefined;
+  /** The user's group list arrived: `topics` holds its groups (undefined while there are none). */
+  groupsKnown = false;
+  // Presence (core/presence.ts), kept here rather than in a per-connection object.
+  /** The client set AWAY (SetPresence); ONLINE on connect. */
+  presenceAway = false;
+  /** No activity for PARLEY_PRESENCE_AWAY_AFTER_MS: counts as AWAY until the next. */
+  idle = false;
+  /** When the user last sent a frame on it (pings do not count). */
+  activeAtMs = 0;
+  /** The users it follows (SubscribePresence); made on the first subscription. */
+  follows: Set<string> | undefined;
 
   constructor(
     readonly principal: Principal,

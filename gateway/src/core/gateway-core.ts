@@ -180,7 +180,11 @@ export class GatewayCore {
     private readonly cfg: GatewayConfig,
     private readonly deps: GatewayDeps,
   ) {
-    this.presence = new GatewayPresence(cfg, deps, { reply: (c, f) => this.reply(c, f) });
+    this.presence = new GatewayPresence(cfg, deps, {
+      reply: (c, f) => this.reply(c, f),
+      connectionsOf: (userId) => this.byUser.get(userId),
+      users: () => this.byUser.entries(),
+    });
     this.unobserveMetrics = observeGateway({ gatewayId: cfg.id, stats: () => this.stats });
     this.refreshTimer = setInterval(() => void this.refreshRegistry(), cfg.registryRefreshMs);
     this.refreshTimer.unref();
@@ -636,8 +640,8 @@ export class GatewayCore {
    * it. The first local subscriber of a conversation registers the gateway for it.
    */
   private subscribe(conn: Connection, conversationId: string): void {
-    if (conn.closed || !conn.topics || conn.topics.has(conversationId)) return;
-    conn.topics.add(conversationId);
+    if (conn.closed || !conn.groupsKnown || conn.topics?.has(conversationId)) return;
+    (conn.topics ??= new Set()).add(conversationId);
     let st = this.topics.get(conversationId);
     if (!st) {
       this.topics.set(conversationId, (st = { binary: new Set(), json: new Set(), waiting: new Set() }));
@@ -656,6 +660,7 @@ export class GatewayCore {
   /** The last local subscriber of a conversation unregisters the gateway for it. */
   private unsubscribe(conn: Connection, conversationId: string): void {
     if (!conn.topics?.delete(conversationId)) return;
+    if (conn.topics.size === 0) conn.topics = undefined;
     const st = this.topics.get(conversationId);
     if (!st) return;
     if (!st.waiting.delete(conn) && (conn.encoding === "binary" ? st.binary : st.json).delete(conn)) {
@@ -779,7 +784,7 @@ export class GatewayCore {
         if (op.join) groups.add(op.conversationId);
         else groups.delete(op.conversationId);
       }
-      conn.topics = new Set();
+      conn.groupsKnown = true;
       for (const conversationId of groups) this.subscribe(conn, conversationId);
     }
     return open;

@@ -31,20 +31,13 @@ export function presenceTopic(userId: string): string {
 export interface PresenceHost {
   /** Writes a frame to a connection (closing it if it is a slow consumer). */
   reply(conn: Connection, frame: ReturnType<typeof serverFrame>): void;
+  /** A user's connections here (closed ones may still be listed); undefined when none. */
+  connectionsOf(userId: string): readonly Connection[] | undefined;
+  /** Every user with a connection here, with their connections. */
+  users(): Iterable<[string, readonly Connection[]]>;
 }
 
 type LiveState = "online" | "away";
-
-/** Per connection: its own state and the users it follows. */
-interface ConnPresence {
-  /** As the client set it (SetPresence); ONLINE on connect. */
-  state: LiveState;
-  /** No activity for PARLEY_PRESENCE_AWAY_AFTER_MS: counts as AWAY until the next. */
-  idle: boolean;
-  /** The last frame the user sent on it (pings do not count). */
-  activeAtMs: number;
-  follows: Set<string>;
-}
 
 /** A subscription's request for the current state of the users it added. */
 interface SnapshotRequest {
@@ -94,13 +87,13 @@ function frameStateOf(s: PresenceState): FrameState {
  * GetPresence per flush, after the topic registration (so no change falls in between);
  * a delivery that arrives while that call is in flight wins over its answer.
  *
- * All per-connection state lives here (a WeakMap), not in Connection.
+ * Which connections a user has here is the host's (the gateway core's) list; the few
+ * presence fields of a connection live in the Connection itself (`presenceAway`, `idle`,
+ * `activeAtMs`, `follows`, the last made on the first subscription): no per-connection
+ * object, map entry or set, so an idle connection costs presence nothing more.
  */
 export class GatewayPresence {
   readonly stats: GatewayPresenceStats = { fullReports: 0, deltaReports: 0, getPresenceCalls: 0, framesOut: 0 };
-  private readonly perConn = new WeakMap<Connection, ConnPresence>();
-  /** userId → that user's open connections here. */
-  private readonly local = new Map<string, Set<Connection>>();
   /** followed userId → the local connections following them. */
   private readonly followers = new Map<string, Set<Connection>>();
   /** The state the presence service holds for users of this gateway (as last reported successfully). */
@@ -144,45 +137,33 @@ export class GatewayPresence {
 
   /** A connection is registered (its user may have been offline here). */
   connected(conn: Connection): void {
-    this.perConn.set(conn, { state: "online", idle: false, activeAtMs: this.clock(), follows: new Set() });
-    const userId = conn.principal.userId;
-    let set = this.local.get(userId);
-    if (!set) this.local.set(userId, (set = new Set()));
-    set.add(conn);
-    this.changed(userId);
+    conn.activeAtMs = this.clock();
+    this.changed(conn.principal.userId);
   }
 
   /** A connection closed; `lastOfUser` when its user has no other connection here. */
   disconnected(conn: Connection, _lastOfUser: boolean): void {
-    const p = this.perConn.get(conn);
-    if (!p) return;
-    this.perConn.delete(conn);
-    for (const userId of p.follows) this.unfollow(conn, userId);
-    const userId = conn.principal.userId;
-    const set = this.local.get(userId);
-    set?.delete(conn);
-    if (set?.size === 0) this.local.delete(userId);
-    this.changed(userId);
+    for (const userId of conn.follows ?? []) this.unfollow(conn, userId);
+    conn.follows = undefined;
+    this.changed(conn.principal.userId);
   }
 
   /** The user did something on this connection (sent a frame other than a ping): not idle. */
   activity(conn: Connection): void {
-    const p = this.perConn.get(conn);
-    if (!p) return;
-    p.activeAtMs = this.clock();
-    if (!p.idle) return;
-    p.idle = false;
+    if (conn.closed) return;
+    conn.activeAtMs = this.clock();
+    if (!conn.idle) return;
+    conn.idle = false;
     this.changed(conn.principal.userId);
   }
 
   /** Connections without activity for the away delay become idle (AWAY); checked every heartbeat. */
   private markIdle(): void {
     const now = this.clock();
-    for (const [userId, conns] of this.local) {
+    for (const [userId, conns] of this.host.users()) {
       for (const c of conns) {
-        const p = this.perConn.get(c);
-        if (!p || p.idle || now - p.activeAtMs < this.cfg.presenceAwayAfterMs) continue;
-        p.idle = true;
+        if (c.closed || c.idle || now - c.activeAtMs < this.cfg.presenceAwayAfterMs) continue;
+        c.idle = true;
         this.changed(userId);
       }
     }
@@ -190,15 +171,14 @@ export class GatewayPresence {
 
   /** SetPresence: this connection's own state, ONLINE or AWAY. No answer unless it is invalid. */
   onSetPresence(conn: Connection, ref: number, frame: SetPresence): void {
-    const p = this.perConn.get(conn);
-    if (!p) return;
+    if (conn.closed) return;
     if (frame.state !== FrameState.ONLINE && frame.state !== FrameState.AWAY) {
       this.host.reply(conn, errorFrame(ErrorCode.INVALID_ARGUMENT, "state: must be ONLINE or AWAY", ref));
       return;
     }
-    const state: LiveState = frame.state === FrameState.AWAY ? "away" : "online";
-    if (p.state === state) return;
-    p.state = state;
+    const away = frame.state === FrameState.AWAY;
+    if (conn.presenceAway === away) return;
+    conn.presenceAway = away;
     this.changed(conn.principal.userId);
   }
 
@@ -208,8 +188,7 @@ export class GatewayPresence {
    * states follow as presence frames carrying the subscription's `ref`.
    */
   onSubscribe(conn: Connection, ref: number, frame: SubscribePresence): void {
-    const p = this.perConn.get(conn);
-    if (!p) return;
+    if (conn.closed) return;
     for (const [field, ids] of [
       ["add_user_ids", frame.addUserIds],
       ["remove_user_ids", frame.removeUserIds],
@@ -226,9 +205,10 @@ export class GatewayPresence {
     }
     const removes = new Set(frame.removeUserIds);
     const adds = new Set(frame.addUserIds);
-    let size = p.follows.size;
-    for (const u of removes) if (p.follows.has(u) && !adds.has(u)) size--;
-    for (const u of adds) if (!p.follows.has(u)) size++;
+    const follows = (conn.follows ??= new Set());
+    let size = follows.size;
+    for (const u of removes) if (follows.has(u) && !adds.has(u)) size--;
+    for (const u of adds) if (!follows.has(u)) size++;
     if (size > MAX_PRESENCE_FOLLOWS) {
       this.host.reply(
         conn,
@@ -236,10 +216,11 @@ export class GatewayPresence {
       );
       return;
     }
-    for (const u of removes) if (!adds.has(u) && p.follows.delete(u)) this.unfollow(conn, u);
+    for (const u of removes) if (!adds.has(u) && follows.delete(u)) this.unfollow(conn, u);
+    if (follows.size === 0 && adds.size === 0) conn.follows = undefined;
     for (const u of adds) {
-      if (p.follows.has(u)) continue;
-      p.follows.add(u);
+      if (follows.has(u)) continue;
+      follows.add(u);
       let set = this.followers.get(u);
       if (!set) {
         this.followers.set(u, (set = new Set()));
@@ -304,14 +285,11 @@ export class GatewayPresence {
 
   /** The state of a user here: the most active of their connections; undefined when none. */
   private stateHere(userId: string): LiveState | undefined {
-    const set = this.local.get(userId);
-    if (!set) return undefined;
     let state: LiveState | undefined;
-    for (const c of set) {
-      const p = this.perConn.get(c);
-      const s = p && (p.idle ? "away" : p.state);
-      if (s === "online") return "online";
-      if (s) state = s;
+    for (const c of this.host.connectionsOf(userId) ?? []) {
+      if (c.closed) continue;
+      if (!c.idle && !c.presenceAway) return "online";
+      state = "away";
     }
     return state;
   }
@@ -400,11 +378,10 @@ export class GatewayPresence {
       this.snapshotInFlight = undefined;
     }
     for (const r of requests) {
-      const p = this.perConn.get(r.conn);
-      if (!p || r.conn.closed) continue;
+      if (r.conn.closed) continue;
       for (const userId of r.userIds) {
         // Unfollowed meanwhile, or a newer state was delivered while the call was in flight.
-        if (!p.follows.has(userId) || inFlight.get(userId)) continue;
+        if (!r.conn.follows?.has(userId) || inFlight.get(userId)) continue;
         const s = states.get(userId);
         if (!s) continue;
         this.stats.framesOut++;
@@ -469,11 +446,11 @@ export class GatewayPresence {
   private async fullReport(): Promise<void> {
     if (!this.presence) return;
     const online: { userId: string; state: LiveState }[] = [];
-    for (const userId of this.local.keys()) {
+    for (const [userId] of this.host.users()) {
       const s = this.stateHere(userId);
       if (s) online.push({ userId, state: s });
     }
-    const offline = [...this.reported.keys()].filter((u) => !this.local.has(u));
+    const offline = [...this.reported.keys()].filter((u) => this.stateHere(u) === undefined);
     const covered = this.dirty;
     this.dirty = new Set();
     this.stats.fullReports++;

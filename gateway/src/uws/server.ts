@@ -22,6 +22,48 @@ interface UserData {
   conn: Connection;
 }
 
+/**
+ * A uWS socket as the core sees it. One small object per connection with its methods on
+ * the prototype: closures made per connection would each cost hundreds of bytes, which
+ * idle connections pay for their whole life (tools/bench/idle-connections.ts).
+ */
+class UwsSocket implements SocketPort {
+  constructor(
+    private readonly ws: WebSocket<UserData>,
+    private readonly maxBackpressure: number,
+  ) {}
+
+  send(data: Uint8Array | string, binary: boolean): boolean {
+    // 2: dropped (already over the limit, e.g. after topic publishes); uWS shuts the socket down.
+    const status = this.ws.send(data, binary);
+    return status !== 2 && this.ws.getBufferedAmount() <= this.maxBackpressure;
+  }
+
+  cork(fn: () => void): void {
+    this.ws.cork(fn);
+  }
+
+  close(code: number, reason: string): void {
+    this.ws.end(code, reason);
+  }
+
+  subscribe(topic: string): void {
+    this.ws.subscribe(topic);
+  }
+
+  unsubscribe(topic: string): void {
+    this.ws.unsubscribe(topic);
+  }
+
+  publish(topic: string, data: Uint8Array | string, binary: boolean): void {
+    this.ws.publish(topic, data, binary);
+  }
+
+  bufferedAmount(): number {
+    return this.ws.getBufferedAmount();
+  }
+}
+
 export interface PublicServer {
   readonly port: number;
   /** Stops accepting new connections and requests (open sockets stay). */
@@ -102,21 +144,7 @@ export async function startPublicServer(
     },
 
     open(ws: WebSocket<UserData>) {
-      const { conn } = ws.getUserData();
-      const port: SocketPort = {
-        send: (data, binary) => {
-          // 2: dropped (already over the limit, e.g. after topic publishes); uWS shuts the socket down.
-          const status = ws.send(data, binary);
-          return status !== 2 && ws.getBufferedAmount() <= cfg.maxBackpressureBytes;
-        },
-        cork: (fn) => void ws.cork(fn),
-        close: (code, reason) => ws.end(code, reason),
-        subscribe: (topic) => void ws.subscribe(topic),
-        unsubscribe: (topic) => void ws.unsubscribe(topic),
-        publish: (topic, data, binary) => void ws.publish(topic, data, binary),
-        bufferedAmount: () => ws.getBufferedAmount(),
-      };
-      core.open(conn, port);
+      core.open(ws.getUserData().conn, new UwsSocket(ws, cfg.maxBackpressureBytes));
     },
 
     drain(ws) {
