@@ -52,8 +52,8 @@
  *   roll-forward: the client's resend with the same client_msg_id then finds it (duplicate)
  *   with the seq it was given, instead of creating a second message.
  * - Idempotency: a batch commits only at `IF last_seq = e` where e is the lastSeq the
- *   writer observed before it looked its keys up (sequencer: lastSeq → findByClientMsgIds →
- *   insert, which checks the keys again). Every batch ≤ e was fully written before that
+ *   writer observed before it looked its keys up (sequencer: lastSeq → insert, which checks
+ *   the keys before its conditional write). Every batch ≤ e was fully written before that
  *   lookup (invariant above), and no batch > e exists when the conditional write applies,
  *   so a key taken by any committed batch is seen; a writer that raced with the same key
  *   loses the head, reloads (rolling the winner forward) and finds the key on retry. One

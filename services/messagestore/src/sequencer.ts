@@ -105,8 +105,8 @@ class RecentMessages {
 /**
  * Assigns per-conversation sequence numbers and stores appends durably, with group
  * commit: while one insert of a conversation is in flight, the appends that arrive
- * queue up and go to the repository together in the next batch (one idempotency
- * lookup and one insert per batch).
+ * queue up and go to the repository together in the next batch (one insert per batch;
+ * the idempotency keys are looked up only when an insert found one taken).
  *
  * The cached lastSeq is only a guess: the repository rejects a seq that is taken
  * (SeqConflictError), and then the batch is retried from the reloaded lastSeq. So
@@ -250,7 +250,11 @@ export class Sequencer {
           if (cached) stored.set(key, cached);
           else lookup.push({ senderId: g[0]!.input.senderId, clientMsgId: g[0]!.input.clientMsgId });
         }
-        if (lookup.length > 0) {
+        // The first attempt inserts without looking the keys up: the insert refuses a taken
+        // key (SeqConflictError) by itself, so a lookup only pays off after a conflict,
+        // when a key may belong to a stored message (a resend whose answer was lost).
+        // Fresh messages, nearly all of them, save a round trip to the store.
+        if (attempt > 1 && lookup.length > 0) {
           for (const m of await this.repo.findByClientMsgIds(conversationId, lookup)) {
             stored.set(idempotencyKey(m.senderId, m.clientMsgId), m);
             this.recent.add(m);
