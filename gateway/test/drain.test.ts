@@ -9,6 +9,7 @@ import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { SendResponseSchema, type SendRequestSchema } from "../../gen/parley/router/v1/router_service_pb.js";
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
+import { fakeAccessToken, fakeTokenSubject } from "../../lib/testing/tokens.js";
 import { Readiness } from "../../lib/readiness.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
 import { until } from "../../lib/testing/wait.js";
@@ -167,15 +168,15 @@ function coreHarness(env: Record<string, string> = {}) {
       }),
     ),
   );
-  // Tokens are `userId:deviceId`.
+  // Tokens name their user and device (lib/testing/tokens.ts).
   const session = createClient(
     SessionService,
     createRouterTransport((r) =>
       r.service(SessionService, {
         authenticate: (req) => {
-          const [userId, deviceId] = req.accessToken.split(":");
-          if (!userId || !deviceId) throw new ConnectError("bad token", Code.Unauthenticated);
-          return { principal: { userId, deviceId, sessionId: `s-${deviceId}` } };
+          const subject = fakeTokenSubject(req.accessToken);
+          if (!subject) throw new ConnectError("bad token", Code.Unauthenticated);
+          return { principal: { ...subject, sessionId: `s-${subject.deviceId}` } };
         },
       }),
     ),
@@ -293,7 +294,7 @@ describe("drain over uWebSockets.js (real sockets)", { timeout: 30_000 }, () => 
       const ready = await fetch(`${base}/readyz`);
       assert.equal(ready.status, 200);
       assert.deepEqual(((await ready.json()) as { checks: { name: string }[] }).checks.map((c) => c.name), ["registry"]);
-      for (let i = 0; i < 12; i++) clients.push(await FrameClient.connect(wsUrl, `${randomUUID()}:${randomUUID()}`));
+      for (let i = 0; i < 12; i++) clients.push(await FrameClient.connect(wsUrl, fakeAccessToken(randomUUID(), randomUUID())));
       // One client sends while the drain runs (the last connected: closed in the last batch): every
       // send but one the client wrote as the close crossed it is acked or refused.
       const sender = clients.at(-1)!;
@@ -316,7 +317,7 @@ describe("drain over uWebSockets.js (real sockets)", { timeout: 30_000 }, () => 
       assert.equal(notReady.status, 503);
       assert.deepEqual(((await notReady.json()) as { failing: string[] }).failing, ["draining"]);
       assert.equal((await fetch(`${base}/healthz`)).status, 200, "alive while draining");
-      assert.equal(await FrameClient.upgradeStatus(wsUrl, ["parley.v1"], { authorization: `Bearer ${randomUUID()}:${randomUUID()}` }), 503);
+      assert.equal(await FrameClient.upgradeStatus(wsUrl, ["parley.v1"], { authorization: `Bearer ${fakeAccessToken(randomUUID(), randomUUID())}` }), 503);
 
       const r = await drained;
       await pumping;

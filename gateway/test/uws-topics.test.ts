@@ -8,6 +8,7 @@ import { DeliverRequestSchema } from "../../gen/parley/gateway/v1/delivery_servi
 import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
+import { fakeAccessToken, fakeTokenSubject } from "../../lib/testing/tokens.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
 import { FrameClient } from "../../tools/e2e/harness.js";
 import { loadConfig } from "../src/config.js";
@@ -21,15 +22,15 @@ describe("uWS topics: group frames through real sockets", () => {
   const logger = createLogger("test", "silent");
   const cfg = { ...loadConfig({ PARLEY_GATEWAY_PORT: "0" }), id: "gw-uws" };
   const registry = new MemoryConnectionRegistry();
-  // Tokens are `userId:deviceId`.
+  // Tokens name their user and device (lib/testing/tokens.ts).
   const session = createClient(
     SessionService,
     createRouterTransport((r) =>
       r.service(SessionService, {
         authenticate: (req) => {
-          const [userId, deviceId] = req.accessToken.split(":");
-          if (!userId || !deviceId) throw new ConnectError("bad token", Code.Unauthenticated);
-          return { principal: { userId, deviceId, sessionId: `s-${deviceId}` } };
+          const subject = fakeTokenSubject(req.accessToken);
+          if (!subject) throw new ConnectError("bad token", Code.Unauthenticated);
+          return { principal: { ...subject, sessionId: `s-${subject.deviceId}` } };
         },
       }),
     ),
@@ -64,7 +65,7 @@ describe("uWS topics: group frames through real sockets", () => {
   let url: string;
   const clients: FrameClient[] = [];
   const open = async (user: string, device: string, encoding: "binary" | "json" = "binary") => {
-    const c = await FrameClient.connect(url, `${user}:${device}`, { encoding });
+    const c = await FrameClient.connect(url, fakeAccessToken(user, device), { encoding });
     clients.push(c);
     return c;
   };

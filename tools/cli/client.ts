@@ -97,6 +97,20 @@ export class ConnectionLostError extends Error {
   }
 }
 
+/** 4401: the gateway closed the socket because the session service refused its token. */
+export const CLOSE_UNAUTHENTICATED = 4401;
+
+/**
+ * The access token was refused: at the upgrade (401: missing, malformed, expired) or
+ * right after it (close 4401: bad signature, revoked session). A refresh may fix it.
+ */
+export function isRefusedToken(err: unknown): boolean {
+  return (
+    (err instanceof UpgradeRefusedError && err.status === 401) ||
+    (err instanceof ConnectionLostError && err.closeCode === CLOSE_UNAUTHENTICATED)
+  );
+}
+
 /** The gateway refused the WebSocket upgrade with an HTTP status. */
 export class UpgradeRefusedError extends Error {
   override readonly name = "UpgradeRefusedError";
@@ -474,7 +488,7 @@ export class ParleyClient {
     try {
       return await ParleySocket.open(this.wsUrl, token, opts);
     } catch (err) {
-      if (!(err instanceof UpgradeRefusedError) || err.status !== 401) throw err;
+      if (!isRefusedToken(err)) throw err;
     }
     return ParleySocket.open(this.wsUrl, await this.refresh(token), opts);
   }

@@ -7,6 +7,7 @@ import {
   DEFAULT_BACKOFF,
   FrameError,
   NotLoggedInError,
+  isRefusedToken,
   UpgradeRefusedError,
   type Ack,
   type BackoffOptions,
@@ -93,7 +94,7 @@ interface Outgoing {
 
 /** Refusals that reconnecting cannot fix. */
 function isTerminal(err: unknown): boolean {
-  return err instanceof NotLoggedInError || (err instanceof UpgradeRefusedError && [400, 401, 403].includes(err.status));
+  return err instanceof NotLoggedInError || isRefusedToken(err) || (err instanceof UpgradeRefusedError && [400, 403].includes(err.status));
 }
 
 /**

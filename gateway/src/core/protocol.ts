@@ -31,6 +31,13 @@ export const CloseCode = {
   DRAINING: 4012,
   /** A backend needed to register the connection is unavailable: reconnect with backoff. */
   TRY_AGAIN_LATER: 4013,
+  /**
+   * The session service refused the access token after the upgrade (a bad signature, a
+   * revoked or unknown session): refresh or log in again before reconnecting.
+   */
+  UNAUTHENTICATED: 4401,
+  /** More frames before Hello than the client protocol allows (a resume, a few sends). */
+  POLICY_VIOLATION: 1008,
 } as const;
 
 /** The close reason sent with DRAINING (4012). */
@@ -43,6 +50,28 @@ export const SUBPROTOCOL_JSON = "parley.v1.json";
 export const BEARER_PREFIX = "bearer.";
 
 export type Encoding = "binary" | "json";
+
+const JWT_SHAPE = /^[A-Za-z0-9_-]+\.([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+$/;
+
+/**
+ * What can be said of an access token without its key, so that an upgrade is refused
+ * (401) at once: not shaped like a JWT, too long, or past its `exp` (read unverified:
+ * it can only make the gateway refuse). Undefined when it may be valid; the session
+ * service decides that after the upgrade.
+ */
+export function tokenRefusal(token: string, nowMs: number): string | undefined {
+  const m = token.length <= 4096 ? JWT_SHAPE.exec(token) : null;
+  if (!m) return "malformed token";
+  let exp: unknown;
+  try {
+    exp = (JSON.parse(Buffer.from(m[1]!, "base64url").toString("utf8")) as { exp?: unknown }).exp;
+  } catch {
+    return "malformed token";
+  }
+  if (typeof exp !== "number") return "malformed token";
+  if (exp * 1000 <= nowMs) return "access token expired";
+  return undefined;
+}
 
 export interface Negotiated {
   encoding: Encoding;

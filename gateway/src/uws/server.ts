@@ -6,9 +6,9 @@ import type { Routes } from "../../../lib/rpc.js";
 import type { GatewayConfig } from "../config.js";
 import { originAllowed } from "../config.js";
 import type { Connection, SocketPort } from "../core/connection.js";
-import { decodeClientFrame } from "../core/frames.js";
+import { decodeClientFrame, type Decoded } from "../core/frames.js";
 import type { GatewayCore } from "../core/gateway-core.js";
-import { negotiate } from "../core/protocol.js";
+import { CloseCode, negotiate, tokenRefusal, type Encoding } from "../core/protocol.js";
 import { mountConnect } from "./connect-adapter.js";
 
 /** uWS can fall back to a slow JS implementation without saying so: refuse to run on it. */
@@ -18,9 +18,24 @@ export function assertNativeUws(): void {
   if (!native) throw new Error("uWebSockets.js native binding did not load (unsupported platform or Node ABI)");
 }
 
-interface UserData {
-  conn: Connection;
+/** A socket whose token the session service is checking (between the upgrade and Hello). */
+interface PendingAuth {
+  token: string;
+  encoding: Encoding;
+  /** Frames the client sent meanwhile, handed to the core once it is authenticated. */
+  frames: Decoded[];
+  /** Closed before the answer came. */
+  closed: boolean;
 }
+
+interface UserData {
+  /** Set once the token was accepted (the socket is then the core's). */
+  conn: Connection | undefined;
+  pending: PendingAuth | undefined;
+}
+
+/** Frames a client may send before its Hello (a resume and a few sends); more close it with 1008. */
+const MAX_FRAMES_BEFORE_AUTH = 16;
 
 /**
  * A uWS socket as the core sees it. One small object per connection with its methods on
@@ -105,59 +120,81 @@ export async function startPublicServer(
     maxBackpressure: cfg.maxBackpressureBytes,
     closeOnBackpressureLimit: 1,
 
+    // The upgrade completes synchronously, in this handler, and the token is checked with
+    // the session service after it (see `authenticated` below): uWebSockets.js before
+    // v20.79 can close a socket upgraded asynchronously inside res.cork() right after its
+    // open handler (uNetworking/uWebSockets#1929: the poll is reallocated in place and
+    // the cork's connection-close check reads the new WebSocket's memory as the old
+    // response's state), and an upgrade outside a cork logs a warning per connection.
     upgrade(res, req, context) {
-      const key = req.getHeader("sec-websocket-key");
-      const protocols = req.getHeader("sec-websocket-protocol");
-      const extensions = req.getHeader("sec-websocket-extensions");
-      const origin = req.getHeader("origin");
-      const authorization = req.getHeader("authorization");
-      let aborted = false;
-      res.onAborted(() => {
-        aborted = true;
-      });
-      const refuse = (status: string, message: string) => {
-        if (aborted) return;
+      const refuse = (status: string, message: string): void => {
         res.cork(() => res.writeStatus(status).writeHeader("content-type", "text/plain").end(message));
       };
       if (!core.accepting) return refuse("503 Service Unavailable", "gateway is draining: connect to another gateway");
-      if (!originAllowed(origin, cfg.allowedOrigins)) return refuse("403 Forbidden", "origin not allowed");
-      const offer = negotiate(protocols, authorization);
+      if (!originAllowed(req.getHeader("origin"), cfg.allowedOrigins)) return refuse("403 Forbidden", "origin not allowed");
+      const offer = negotiate(req.getHeader("sec-websocket-protocol"), req.getHeader("authorization"));
       if (typeof offer === "string") return refuse("400 Bad Request", offer);
       if (!offer.token) {
         return refuse("401 Unauthorized", "missing access token: send Authorization: Bearer <token> or subprotocol bearer.<token>");
       }
-      core.authenticate(offer.token).then(
+      const refusal = tokenRefusal(offer.token, Date.now());
+      if (refusal) return refuse("401 Unauthorized", `unauthenticated: ${refusal}`);
+      const pending: PendingAuth = { token: offer.token, encoding: offer.encoding, frames: [], closed: false };
+      res.upgrade<UserData>(
+        { conn: undefined, pending },
+        req.getHeader("sec-websocket-key"),
+        offer.protocol,
+        req.getHeader("sec-websocket-extensions"),
+        context,
+      );
+    },
+
+    open(ws: WebSocket<UserData>) {
+      const ud = ws.getUserData();
+      const pending = ud.pending!;
+      core.authenticate(pending.token).then(
         (principal) => {
-          if (aborted) return;
-          const conn = core.newConnection(principal, offer.encoding);
-          res.cork(() => res.upgrade<UserData>({ conn }, key, offer.protocol, extensions, context));
+          if (pending.closed) return;
+          const conn = core.newConnection(principal, pending.encoding);
+          ud.conn = conn;
+          ud.pending = undefined;
+          core.open(conn, new UwsSocket(ws, cfg.maxBackpressureBytes));
+          for (const decoded of pending.frames) if (!conn.closed) core.onFrame(conn, decoded);
         },
         (err: unknown) => {
+          if (pending.closed) return;
           const unauthenticated = (err as { code?: number }).code === 16;
-          if (!unauthenticated) logger.warn({ err }, "authentication failed at upgrade");
-          refuse(
-            unauthenticated ? "401 Unauthorized" : "503 Service Unavailable",
+          if (!unauthenticated) logger.warn({ err }, "authentication failed after upgrade");
+          ws.end(
+            unauthenticated ? CloseCode.UNAUTHENTICATED : CloseCode.TRY_AGAIN_LATER,
             unauthenticated ? `unauthenticated: ${(err as { rawMessage?: string }).rawMessage ?? "bad token"}` : "try again later",
           );
         },
       );
     },
 
-    open(ws: WebSocket<UserData>) {
-      core.open(ws.getUserData().conn, new UwsSocket(ws, cfg.maxBackpressureBytes));
-    },
-
     drain(ws) {
-      core.drained(ws.getUserData().conn);
+      const { conn } = ws.getUserData();
+      if (conn) core.drained(conn);
     },
 
     message(ws, message, isBinary) {
-      const { conn } = ws.getUserData();
-      core.onFrame(conn, decodeClientFrame(message, isBinary, cfg.maxFrameBytes));
+      const ud = ws.getUserData();
+      const decoded = decodeClientFrame(message, isBinary, cfg.maxFrameBytes);
+      if (ud.conn) {
+        core.onFrame(ud.conn, decoded);
+        return;
+      }
+      // Still authenticating: the frames wait (a resume, a few sends), within a bound.
+      const pending = ud.pending!;
+      if (pending.frames.length < MAX_FRAMES_BEFORE_AUTH) pending.frames.push(decoded);
+      else ws.end(CloseCode.POLICY_VIOLATION, `more than ${MAX_FRAMES_BEFORE_AUTH} frames before Hello`);
     },
 
     close(ws) {
-      core.close(ws.getUserData().conn);
+      const ud = ws.getUserData();
+      if (ud.conn) core.close(ud.conn);
+      else if (ud.pending) ud.pending.closed = true;
     },
   });
 

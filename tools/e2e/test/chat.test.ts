@@ -247,6 +247,18 @@ describe("embedded platform, end to end (as started by npm start)", () => {
       );
     });
 
+    it("refuses an expired token at the upgrade (401) without asking the session service", async () => {
+      const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+      const expired = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: alice.id, exp: Math.floor(Date.now() / 1000) - 60 })}.c2ln`;
+      assert.equal(await FrameClient.upgradeStatus(p.wsUrl, ["parley.v1"], { authorization: `Bearer ${expired}` }), 401);
+    });
+
+    it("closes a socket whose token the session service refuses (bad signature) with 4401, without Hello", async () => {
+      const [header, payload, signature] = alice.token.split(".") as [string, string, string];
+      const forged = `${header}.${payload}.${[...signature].reverse().join("")}`;
+      await assert.rejects(FrameClient.connect(p.wsUrl, forged), /closed with 4401 \(unauthenticated: invalid token signature\) before hello/);
+    });
+
     it("answers Unauthenticated over Connect without a token, and InvalidArgument for bad sign-ups", async () => {
       await rejectsWith(api(p.publicUrl).chat.listConversations({}), Code.Unauthenticated);
       await rejectsWith(api(p.publicUrl, "x.y.z").auth.me({}), Code.Unauthenticated);
@@ -285,10 +297,8 @@ describe("embedded platform, end to end (as started by npm start)", () => {
       assert.equal(other.closeCode, undefined);
       await other.close();
       await rejectsWith(api(p.publicUrl, t.tokens!.accessToken).auth.me({}), Code.Unauthenticated);
-      assert.equal(
-        await FrameClient.upgradeStatus(p.wsUrl, ["parley.v1"], { authorization: `Bearer ${t.tokens!.accessToken}` }),
-        401,
-      );
+      // Still signed and unexpired: the upgrade completes, then the session service refuses it.
+      await assert.rejects(FrameClient.connect(p.wsUrl, t.tokens!.accessToken), /closed with 4401 \(unauthenticated: [^)]*\) before hello/);
     });
   });
 
