@@ -12,6 +12,8 @@ import { metrics, type Attributes, type Counter, type Histogram, type Meter } fr
 export const LATENCY_BUCKETS_MS = [0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000];
 /** Buckets of fan-out sizes (gateways per message). */
 export const FANOUT_BUCKETS = [0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128];
+/** Buckets of batch sizes (items per batched call or insert; 256 is the usual cap). */
+export const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 export interface Instruments {
   readonly enabled: boolean;
@@ -25,6 +27,12 @@ export interface Instruments {
   readonly fanoutGateways: Histogram;
   /** Counts an error by where it was seen (`rpc`, `frame`, `backend`) and its code. */
   countError(where: string, code: string): void;
+  /**
+   * `parley.batch.size`: items per batch of a hot path (`parley.batch`: "send batch",
+   * "store batch", "deliver batch", "write batch"), which says how much a hop's fixed
+   * cost is shared at the current load.
+   */
+  recordBatch(name: string, size: number): void;
 }
 
 /** What a gateway exposes for its gauges and counters (read at scrape time). */
@@ -44,6 +52,11 @@ export function observeGateway(source: GatewayMetricsSource): () => void {
 function build(meter: Meter, enabled: boolean): Instruments {
   const errors: Counter = meter.createCounter("parley.errors", { description: "Errors by where they were seen (rpc: served calls; frame: error frames to clients; backend: failed backend calls) and code" });
   const errorAttrs = new Map<string, Attributes>();
+  const batchSize: Histogram = meter.createHistogram("parley.batch.size", {
+    description: "Items per batch of a hot path (send, store, deliver batches; message store inserts)",
+    advice: { explicitBucketBoundaries: BATCH_BUCKETS },
+  });
+  const batchAttrs = new Map<string, Attributes>();
   return {
     enabled,
     rpcServerDuration: meter.createHistogram("parley.rpc.server.duration_ms", {
@@ -65,6 +78,11 @@ function build(meter: Meter, enabled: boolean): Instruments {
       description: "Gateways a stored message was delivered to (envelopes per message)",
       advice: { explicitBucketBoundaries: FANOUT_BUCKETS },
     }),
+    recordBatch(name, size) {
+      let attrs = batchAttrs.get(name);
+      if (!attrs) batchAttrs.set(name, (attrs = { "parley.batch": name }));
+      batchSize.record(size, attrs);
+    },
     countError(where, code) {
       const key = `${where}|${code}`;
       let attrs = errorAttrs.get(key);

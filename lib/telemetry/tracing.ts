@@ -37,6 +37,7 @@ import {
 } from "@opentelemetry/api";
 import { TraceState } from "@opentelemetry/core";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { instruments } from "./metrics.js";
 
 export { SpanKind, type Attributes, type Context, type Span, type Tracer };
 
@@ -219,9 +220,12 @@ export function itemContexts(items: readonly Partial<TraceFields>[]): (Context |
 
 /**
  * Runs a batch RPC of items carrying trace fields (`inBatchSpan` over their contexts):
- * the client span of the RPC is then a child of the batch span.
+ * the client span of the RPC is then a child of the batch span. Records the batch's size
+ * (`parley.batch.size`) under `name`.
  */
 export function tracedBatch<T>(name: string, items: readonly Partial<TraceFields>[], fn: () => Promise<T>): Promise<T> {
+  const ins = instruments();
+  if (ins.enabled) ins.recordBatch(name, items.length);
   return tracer ? inBatchSpan(name, itemContexts(items), fn) : fn();
 }
 

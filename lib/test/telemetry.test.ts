@@ -359,6 +359,18 @@ describe("metrics", () => {
   });
 });
 
+describe("batch sizes", () => {
+  it("every batched call records its size under its name (parley_batch_size)", async () => {
+    await tracedBatch("metric test batch", [{}, {}, {}], async () => 1);
+    await tracedBatch("metric test batch", [{}], async () => 1);
+    const text = (await metricsText()) ?? "";
+    assert.match(text, /parley_batch_size_count\{parley_batch="metric test batch"\} 2/);
+    assert.match(text, /parley_batch_size_sum\{parley_batch="metric test batch"\} 4/);
+    assert.match(text, /parley_batch_size_bucket\{parley_batch="metric test batch",le="1"\} 1/);
+    assert.match(text, /parley_batch_size_bucket\{parley_batch="metric test batch",le="4"\} 2/);
+  });
+});
+
 describe("OTLP collector", () => {
   it("decodes what the OTLP/HTTP protobuf exporter sends: ids, parents, names, kinds, attributes, links, status", async () => {
     const collector = await startOtlpCollector();

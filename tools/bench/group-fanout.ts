@@ -23,6 +23,7 @@ import WebSocket from "ws";
 import { ensureInfra, startCluster, type Cluster } from "../cluster/cluster.js";
 import { FrameClient } from "../e2e/harness.js";
 import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
+import { meanBatchSizes, opsUrlCollector, scrapeBatchCounts } from "./batch-sizes.js";
 import { backendPids, benchNodeArgs, cpuBetween, cpuSeconds, percentile, snapshotCpu } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     senders: { type: "string", default: "8" },
     messages: { type: "string", default: "50" },
     window: { type: "string", default: "32" },
+    batches: { type: "boolean", default: false },
   },
 });
 const SIZES = values.sizes.split(",").map(Number);
@@ -41,6 +43,9 @@ const SENDERS = Number(values.senders);
 const MESSAGES = Number(values.messages);
 const WINDOW = Number(values.window);
 const DEADLINE_MS = 600_000;
+/** --batches: also report the mean batch size of each hop (the cluster then logs at info). */
+const BATCHES = values.batches;
+const ops = opsUrlCollector();
 
 interface Run {
   seconds: number;
@@ -182,6 +187,7 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
   const procs = cluster.processes.map((p) => ({ name: p.name, pid: p.child.pid! }));
   const pids = backendPids(ROOT);
   const before = snapshotCpu(procs, pids);
+  const batchesBefore = BATCHES ? await scrapeBatchCounts(ops.urls) : undefined;
   const run = await drive(
     online,
     (s, body) => clients[s]!.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId, body } } }),
@@ -196,6 +202,7 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
   );
   const cpu = cpuBetween(before, snapshotCpu(procs, pids));
   console.error(`group of ${groupSize}: server CPU-seconds by process:`, cpu.line);
+  if (batchesBefore) console.error(`group of ${groupSize}: mean batch sizes:`, meanBatchSizes(batchesBefore, await scrapeBatchCounts(ops.urls)));
   await Promise.all(clients.map((c) => c.close()));
   return result("parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", groupSize, online, run, cpu.nodeSeconds, cpu.backendSeconds);
 }
@@ -210,7 +217,11 @@ const cluster = await startCluster({
     ...CHEAP_PASSWORD_HASHING,
   },
   nodeArgs: benchNodeArgs,
-  onLine: process.env.BENCH_LOGS ? (proc, line) => console.error(proc, line.slice(0, 300)) : undefined,
+  logLevel: BATCHES ? "info" : undefined,
+  onLine: (proc, line) => {
+    if (BATCHES) ops.onLine(proc, line);
+    if (process.env.BENCH_LOGS) console.error(proc, line.slice(0, 300));
+  },
 });
 try {
   const accounts = await signUpMany(cluster.discovery.list("gateway")[0]!.publicUrl!, Math.max(...SIZES), "bench");

@@ -1,5 +1,6 @@
 import { UuidV7Generator } from "../../../lib/ids.js";
 import type { Logger } from "../../../lib/logger.js";
+import { instruments } from "../../../lib/telemetry/metrics.js";
 import { inBatchSpan, runIn, tracing, type Context } from "../../../lib/telemetry/tracing.js";
 import { AppendContentionError, SeqConflictError, SequencerClosedError, StoreUnavailableError } from "./errors.js";
 import { idempotencyKey, type IdempotencyKey, type MessageRepository, type StoredMessage } from "./message-repository.js";
@@ -206,6 +207,8 @@ export class Sequencer {
           }
         }
         const batch = log.queue.splice(0, this.batchLength(log.queue));
+        const ins = instruments();
+        if (ins.enabled) ins.recordBatch("write batch", batch.length);
         if (tracing()) {
           await inBatchSpan("write batch", batch.map((p) => p.input.trace), () => this.writeBatch(log, batch), {
             "parley.conversation_id": log.conversationId,

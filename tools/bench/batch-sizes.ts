@@ -1,0 +1,48 @@
+/**
+ * Batch sizes of a cluster run, from each process's `/metrics` (`parley_batch_size`,
+ * lib/telemetry/metrics.ts): how much each hop's fixed cost was shared at that load.
+ * The ops URLs come from the processes' "ops server listening" log lines, so the cluster
+ * must run with log level info (`opsUrlCollector().onLine` as its onLine).
+ */
+
+/** Remembers each process's ops URL from its log lines. */
+export function opsUrlCollector(): { onLine: (proc: string, line: string) => void; urls: Map<string, string> } {
+  const urls = new Map<string, string>();
+  return {
+    urls,
+    onLine(proc, line) {
+      if (!line.includes('"ops server listening"')) return;
+      const url = (JSON.parse(line) as { url?: string }).url;
+      if (url) urls.set(proc, url);
+    },
+  };
+}
+
+/** Per process and batch name: items and batches so far. */
+export type BatchCounts = Map<string, { items: number; batches: number }>;
+
+export async function scrapeBatchCounts(urls: Map<string, string>): Promise<BatchCounts> {
+  const out: BatchCounts = new Map();
+  for (const [proc, url] of urls) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    for (const m of text.matchAll(/^parley_batch_size_(sum|count)\{parley_batch="([^"]+)"\} (\d+(?:\.\d+)?)$/gm)) {
+      const key = `${proc.replace(/-\d+$/, "")}: ${m[2]}`;
+      const e = out.get(key) ?? { items: 0, batches: 0 };
+      if (m[1] === "sum") e.items += Number(m[3]);
+      else e.batches += Number(m[3]);
+      out.set(key, e);
+    }
+  }
+  return out;
+}
+
+/** Mean items per batch between two scrapes, by process kind and batch name. */
+export function meanBatchSizes(before: BatchCounts, after: BatchCounts): Record<string, { batches: number; meanSize: number }> {
+  const out: Record<string, { batches: number; meanSize: number }> = {};
+  for (const [key, a] of [...after].sort(([x], [y]) => x.localeCompare(y))) {
+    const b = before.get(key) ?? { items: 0, batches: 0 };
+    const batches = a.batches - b.batches;
+    if (batches > 0) out[key] = { batches, meanSize: +((a.items - b.items) / batches).toFixed(1) };
+  }
+  return out;
+}
