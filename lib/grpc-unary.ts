@@ -13,8 +13,6 @@ import { constants as h2 } from "node:http2";
 import {
   create,
   fromBinary,
-  isMessage,
-  toBinary,
   type DescMessage,
   type DescMethod,
   type DescMethodUnary,
@@ -31,6 +29,7 @@ import {
   type UnaryResponse,
 } from "@connectrpc/connect";
 import type { Http2SessionManager } from "@connectrpc/connect-node";
+import { fastGrpcFrame } from "./fast-binary.js";
 import { endRpcSpan, recordRpcServed, runInSpan, startRpcClientSpan, startRpcServerSpan } from "./telemetry/rpc.js";
 
 /** The largest request or response message accepted (gRPC's own default is 4 MiB). */
@@ -43,13 +42,15 @@ const GRPC_CONTENT_TYPES = new Set(["application/grpc", "application/grpc+proto"
 
 // ---------------------------------------------------------------- framing
 
-/** One uncompressed gRPC length-prefixed message. */
-function frame(bytes: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(5 + bytes.length);
-  out[0] = 0;
-  out.writeUInt32BE(bytes.length, 1);
-  out.set(bytes, 5);
-  return out;
+/**
+ * A message (or an init object of its schema) as one gRPC frame, through the fast encoder
+ * (lib/fast-binary.ts: the bytes protobuf-es would write, without building a message
+ * first). A message of another type is converted by protobuf-es's create() as before.
+ */
+function encodeMessage(schema: DescMessage, value: unknown): Buffer {
+  const v = value as MessageInitShape<DescMessage> & { $typeName?: string };
+  if (v.$typeName !== undefined && v.$typeName !== schema.typeName) return fastGrpcFrame(schema, create(schema, v));
+  return fastGrpcFrame(schema, v);
 }
 
 /** The single message of a unary request or response body, or a ConnectError. */
@@ -252,8 +253,7 @@ export function serveUnary(
     const ctx = new UnaryContext(route, req, controller.signal, deadline);
     runInSpan(span, () => Promise.resolve().then(() => route.impl(input, ctx)))
       .then((out) => {
-        const message = isMessage(out, route.method.output) ? out : create(route.method.output, out as MessageInitShape<DescMessage>);
-        finish(GRPC_OK, undefined, frame(toBinary(route.method.output, message)));
+        finish(GRPC_OK, undefined, encodeMessage(route.method.output, out));
       }, fail);
   });
   return true;
@@ -378,8 +378,7 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
       input: MessageInitShape<I>,
     ): Promise<UnaryResponse<I, O>> {
       if (signal?.aborted) throw ConnectError.from(signal.reason, Code.Canceled);
-      const message = isMessage(input, method.input) ? input : create(method.input, input);
-      const body = frame(toBinary(method.input, message));
+      const body = encodeMessage(method.input, input);
       const headers: http2.OutgoingHttpHeaders = { "content-type": "application/grpc+proto", te: "trailers" };
       if (timeoutMs !== undefined && timeoutMs > 0) headers["grpc-timeout"] = `${Math.ceil(timeoutMs)}m`;
       // Tracing (off: undefined, one branch): a client span under the caller's recording span, in the metadata.

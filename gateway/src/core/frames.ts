@@ -1,4 +1,4 @@
-import { create, fromBinary, fromJsonString, toBinary, toJsonString, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJsonString, toJsonString, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
@@ -9,6 +9,7 @@ import {
   type ServerFrame,
 } from "../../../gen/parley/client/v1/frames_pb.js";
 import type { Encoding } from "./protocol.js";
+import { fastToBinary } from "../../../lib/fast-binary.js";
 
 export type ServerFrameInit = MessageInitShape<typeof ServerFrameSchema>;
 
@@ -43,7 +44,7 @@ export function decodeClientFrame(data: ArrayBuffer, isBinary: boolean, maxBytes
 }
 
 export function encodeServerFrame(frame: ServerFrame, encoding: Encoding): Uint8Array | string {
-  return encoding === "binary" ? toBinary(ServerFrameSchema, frame) : toJsonString(ServerFrameSchema, frame);
+  return encoding === "binary" ? fastToBinary(ServerFrameSchema, frame) : toJsonString(ServerFrameSchema, frame);
 }
 
 export function serverFrame(init: ServerFrameInit): ServerFrame {

@@ -1,4 +1,4 @@
-import { fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import {
   ErrorCode,
@@ -38,6 +38,7 @@ import { ReadCursorQueue } from "./read-cursors.js";
 import { TYPING_EXPIRES_MS, TypingGate } from "./typing.js";
 import { ReceiptQueue } from "./receipts.js";
 import { frameBytes, parseResume, Resumer, ResumeState, type ResumeRequest } from "./resume.js";
+import { fastToBinary } from "../../../lib/fast-binary.js";
 
 export const MAX_BODY_CHARS = 4000;
 /** A connection waits at most this long for its user's group list before being told to try again. */
@@ -358,7 +359,7 @@ export class GatewayCore {
       return;
     }
     this.stats.typingForwarded++;
-    const frame = toBinary(
+    const frame = fastToBinary(
       ServerFrameSchema,
       serverFrame({
         kind: {

@@ -1,4 +1,4 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
 import { ConversationKind, type CursorMove, type GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
@@ -6,6 +6,7 @@ import type { MessageStoreService } from "../../../gen/parley/messagestore/v1/me
 import type { Logger } from "../../../lib/logger.js";
 import { CoalescingQueue } from "./coalescing-queue.js";
 import type { RouterEphemeral } from "./gateway-core.js";
+import { fastToBinary } from "../../../lib/fast-binary.js";
 
 /** Groups up to this size tell senders about receipts live; larger ones are asked (GetReceipts). */
 export const LIVE_RECEIPTS_MAX_MEMBERS = 100;
@@ -101,7 +102,7 @@ export class ReceiptQueue {
       for (const u of await this.senders(m, readMoved, deliveredMoved)) targets.add(u);
     }
     if (targets.size === 0) return;
-    const frame = toBinary(
+    const frame = fastToBinary(
       ServerFrameSchema,
       create(ServerFrameSchema, {
         kind: {

@@ -1,4 +1,4 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import { PresenceState as FrameState, ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
@@ -7,6 +7,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Logger } from "../../../lib/logger.js";
 import type { ConnectionRegistry } from "../../../lib/registry/connection-registry.js";
 import type { Presence, PresenceStore } from "./presence-store.js";
+import { fastToBinary } from "../../../lib/fast-binary.js";
 
 /** The registry topic of a user's followers: the gateways holding a connection that follows the user. */
 export function presenceTopic(userId: string): string {
@@ -17,7 +18,7 @@ const FRAME_STATE = { online: FrameState.ONLINE, away: FrameState.AWAY, offline:
 
 /** ServerFrame{presence} in the binary encoding, encoded once for every follower. */
 export function presenceFrame(p: Presence): Uint8Array {
-  return toBinary(
+  return fastToBinary(
     ServerFrameSchema,
     create(ServerFrameSchema, {
       kind: {

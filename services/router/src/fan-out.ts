@@ -1,7 +1,5 @@
-import { create, toBinary } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
-import { MessageSchema as ClientMessageSchema } from "../../../gen/parley/client/v1/types_pb.js";
 import type { DeliveryService } from "../../../gen/parley/gateway/v1/delivery_service_pb.js";
 import type { Message } from "../../../gen/parley/messagestore/v1/messagestore_service_pb.js";
 import { clientMessage } from "../../../lib/client-message.js";
@@ -12,6 +10,7 @@ import { gatewaysOf, type ConnectionRegistry, type DeviceLocation } from "../../
 import { GatewayOutbox } from "./gateway-outbox.js";
 import type { ConversationRoute } from "./membership-cache.js";
 import { SeqOrder } from "./seq-order.js";
+import { fastToBinary } from "../../../lib/fast-binary.js";
 
 /** Who joined or left with an event message: gateways (un)subscribe their devices. */
 export interface MembershipChange {
@@ -310,13 +309,5 @@ function onlySendingDevice(devices: readonly DeviceLocation[], gatewayId: string
 
 /** The frame every recipient device gets, encoded once per message. */
 export function encodeMessageFrame(m: Message): Uint8Array {
-  return toBinary(
-    ServerFrameSchema,
-    create(ServerFrameSchema, {
-      kind: {
-        case: "message",
-        value: create(ClientMessageSchema, clientMessage(m)),
-      },
-    }),
-  );
+  return fastToBinary(ServerFrameSchema, { kind: { case: "message", value: clientMessage(m) } });
 }
