@@ -3,13 +3,10 @@ import { randomUUID } from "node:crypto";
 import { describe, it } from "node:test";
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { ClientFrameSchema, ErrorCode, ServerFrameSchema, type ServerFrame } from "../../gen/parley/client/v1/frames_pb.js";
-import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
 import { SendResponseSchema, type SendRequestSchema } from "../../gen/parley/router/v1/router_service_pb.js";
-import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
-import { fakeAccessToken, fakeTokenSubject } from "../../lib/testing/tokens.js";
+import { fakeAccessToken } from "../../lib/testing/tokens.js";
 import { Readiness } from "../../lib/readiness.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
 import { until } from "../../lib/testing/wait.js";
@@ -21,6 +18,7 @@ import { decodeClientFrame } from "../src/core/frames.js";
 import { GatewayCore } from "../src/core/gateway-core.js";
 import { CloseCode } from "../src/core/protocol.js";
 import { startPublicServer } from "../src/uws/server.js";
+import { fakeGroups, fakeSession } from "./fakes.js";
 
 const logger = createLogger("drain-test", "silent");
 
@@ -159,28 +157,8 @@ function coreHarness(env: Record<string, string> = {}) {
   const registry = new MemoryConnectionRegistry();
   const sends: { req: MessageInitShape<typeof SendRequestSchema>; release: () => void }[] = [];
   let seq = 0;
-  const groups = createClient(
-    GroupsService,
-    createRouterTransport((r) =>
-      r.service(GroupsService, {
-        listUserGroupIds: (req) => ({ users: req.userIds.map((userId) => ({ userId, conversationIds: [] })) }),
-        advanceReadCursors: () => ({}),
-      }),
-    ),
-  );
-  // Tokens name their user and device (lib/testing/tokens.ts).
-  const session = createClient(
-    SessionService,
-    createRouterTransport((r) =>
-      r.service(SessionService, {
-        authenticate: (req) => {
-          const subject = fakeTokenSubject(req.accessToken);
-          if (!subject) throw new ConnectError("bad token", Code.Unauthenticated);
-          return { principal: { ...subject, sessionId: `s-${subject.deviceId}` } };
-        },
-      }),
-    ),
-  );
+  const groups = fakeGroups();
+  const session = fakeSession();
   const core = new GatewayCore(cfg, {
     session,
     // Held until the test releases it (or, with autoAck, answered at once).

@@ -1,19 +1,17 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import WebSocket from "ws";
-import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
-import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
-import { fakeAccessToken, fakeTokenSubject } from "../../lib/testing/tokens.js";
+import { fakeAccessToken } from "../../lib/testing/tokens.js";
 import { until } from "../../lib/testing/wait.js";
 import { FrameClient } from "../../tools/e2e/harness.js";
 import { loadConfig } from "../src/config.js";
-import { GatewayCore } from "../src/core/gateway-core.js";
 import { CloseCode, tokenRefusal } from "../src/core/protocol.js";
 import { startPublicServer, type PublicServer } from "../src/uws/server.js";
+import { fakeSession, routerlessCore } from "./fakes.js";
 
 describe("tokenRefusal: what the gateway refuses before the upgrade", () => {
   const now = Date.UTC(2026, 0, 1);
@@ -47,44 +45,15 @@ describe("uWS: authentication after the upgrade", { timeout: 30_000 }, () => {
   const registry = new MemoryConnectionRegistry();
   /** Authenticate calls wait here while `hold` is set; the test answers each one. */
   let hold = false;
-  const held: { token: string; answer: () => void }[] = [];
+  const held: { answer: () => void }[] = [];
   let sessionDown = false;
   let calls = 0;
-  const session = createClient(
-    SessionService,
-    createRouterTransport((r) =>
-      r.service(SessionService, {
-        authenticate: async (req) => {
-          calls++;
-          if (hold) await new Promise<void>((answer) => held.push({ token: req.accessToken, answer }));
-          if (sessionDown) throw new ConnectError("session down", Code.Unavailable);
-          const subject = fakeTokenSubject(req.accessToken);
-          if (!subject) throw new ConnectError("invalid token signature", Code.Unauthenticated);
-          return { principal: { ...subject, sessionId: `s-${subject.deviceId}` } };
-        },
-      }),
-    ),
-  );
-  const groups = createClient(
-    GroupsService,
-    createRouterTransport((r) =>
-      r.service(GroupsService, {
-        listUserGroupIds: (req) => ({ users: req.userIds.map((userId) => ({ userId, conversationIds: [] })) }),
-        advanceReadCursors: () => ({}),
-      }),
-    ),
-  );
-  const core = new GatewayCore(cfg, {
-    session,
-    send: async () => {
-      throw new ConnectError("no router here", Code.Unavailable);
-    },
-    presence: undefined,
-    groups,
-    registry,
-    clock: Date.now,
-    logger,
+  const session = fakeSession(async () => {
+    calls++;
+    if (hold) await new Promise<void>((answer) => held.push({ answer }));
+    if (sessionDown) throw new ConnectError("session down", Code.Unavailable);
   });
+  const core = routerlessCore(cfg, { registry, logger, session });
   let server: PublicServer;
   let url: string;
 

@@ -2,18 +2,15 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { ServerFrameSchema } from "../../gen/parley/client/v1/frames_pb.js";
 import { DeliverRequestSchema } from "../../gen/parley/gateway/v1/delivery_service_pb.js";
-import { GroupsService } from "../../gen/parley/groups/v1/groups_service_pb.js";
-import { SessionService } from "../../gen/parley/session/v1/session_service_pb.js";
 import { createLogger } from "../../lib/logger.js";
-import { fakeAccessToken, fakeTokenSubject } from "../../lib/testing/tokens.js";
+import { fakeAccessToken } from "../../lib/testing/tokens.js";
 import { MemoryConnectionRegistry } from "../../lib/registry/connection-registry-memory.js";
 import { FrameClient } from "../../tools/e2e/harness.js";
 import { loadConfig } from "../src/config.js";
-import { GatewayCore } from "../src/core/gateway-core.js";
 import { startPublicServer, type PublicServer } from "../src/uws/server.js";
+import { fakeGroups, routerlessCore } from "./fakes.js";
 
 /** Group delivery through real uWebSockets.js topics and real WebSocket clients. */
 describe("uWS topics: group frames through real sockets", () => {
@@ -22,45 +19,13 @@ describe("uWS topics: group frames through real sockets", () => {
   const logger = createLogger("test", "silent");
   const cfg = { ...loadConfig({ PARLEY_GATEWAY_PORT: "0" }), id: "gw-uws" };
   const registry = new MemoryConnectionRegistry();
-  // Tokens name their user and device (lib/testing/tokens.ts).
-  const session = createClient(
-    SessionService,
-    createRouterTransport((r) =>
-      r.service(SessionService, {
-        authenticate: (req) => {
-          const subject = fakeTokenSubject(req.accessToken);
-          if (!subject) throw new ConnectError("bad token", Code.Unauthenticated);
-          return { principal: { ...subject, sessionId: `s-${subject.deviceId}` } };
-        },
-      }),
-    ),
-  );
   const [alice, bob, carol]: string[] = [randomUUID(), randomUUID(), randomUUID()];
   const groupsOf = new Map([
     [alice, [group]],
     [bob, [group]],
     [carol, [other]],
   ]);
-  const groups = createClient(
-    GroupsService,
-    createRouterTransport((r) =>
-      r.service(GroupsService, {
-        listUserGroupIds: (req) => ({ users: req.userIds.map((userId) => ({ userId, conversationIds: groupsOf.get(userId) ?? [] })) }),
-        advanceReadCursors: () => ({}),
-      }),
-    ),
-  );
-  const core = new GatewayCore(cfg, {
-    session,
-    send: async () => {
-      throw new ConnectError("no router here", Code.Unavailable);
-    },
-    presence: undefined,
-    groups,
-    registry,
-    clock: Date.now,
-    logger,
-  });
+  const core = routerlessCore(cfg, { registry, logger, groups: fakeGroups((userId) => groupsOf.get(userId) ?? []) });
   let server: PublicServer;
   let url: string;
   const clients: FrameClient[] = [];
