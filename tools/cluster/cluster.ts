@@ -1,6 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
+import cassandra from "cassandra-driver";
 import pg from "pg";
 import type { ServiceKind } from "../../lib/discovery/discovery.js";
 import { EtcdDiscovery } from "../../lib/discovery/discovery-etcd.js";
@@ -44,7 +45,8 @@ export interface ClusterOptions {
   gatewayBasePort?: number;
   /**
    * etcd key prefix, Redis key prefix, Cassandra keyspace and Postgres schema (a fresh
-   * one isolates a test cluster; a generated one's Postgres schema is dropped by stop()).
+   * one isolates a test cluster; a generated one's Postgres schema and Cassandra keyspace
+   * are dropped by stop()).
    */
   namespace?: string;
   logLevel?: string;
@@ -151,6 +153,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
   // Every cluster has its own Postgres schema: workers that poll tables (notify's push
   // jobs) must not take another cluster's rows.
   const schema = namespace.replace(/[^a-z0-9_]/gi, "_").toLowerCase();
+  const keyspace = namespace.replace(/[^a-z0-9_]/gi, "_");
   await withPostgres(o.backends.postgresUrl, (c) => c.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`));
   const env: Record<string, string> = {
     PARLEY_ETCD_ENDPOINTS: o.backends.etcdUrl,
@@ -160,7 +163,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     PARLEY_REDIS_PREFIX: `${namespace}:`,
     PARLEY_POSTGRES_URL: withSearchPath(o.backends.postgresUrl, schema),
     PARLEY_CASSANDRA_CONTACT_POINTS: o.backends.cassandra,
-    PARLEY_CASSANDRA_KEYSPACE: namespace.replace(/[^a-z0-9_]/gi, "_"),
+    PARLEY_CASSANDRA_KEYSPACE: keyspace,
     PARLEY_LOG_LEVEL: o.logLevel ?? "warn",
     ...o.extraEnv,
   };
@@ -213,7 +216,12 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
       const order: ServiceKind[] = ["gateway", "router", "presence", "notify", "messagestore", "groups", "session"];
       for (const kind of order) await Promise.all(processes.filter((p) => p.kind === kind).map((p) => p.stop()));
       await discovery.close();
-      if (o.namespace === undefined) await withPostgres(o.backends.postgresUrl, (c) => c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
+      if (o.namespace === undefined) {
+        // A generated namespace is this cluster's alone: its Postgres schema and Cassandra
+        // keyspace go with it (hundreds of leftover keyspaces slow a long-lived test server down).
+        await withPostgres(o.backends.postgresUrl, (c) => c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`));
+        await dropKeyspace(o.backends.cassandra, keyspace);
+      }
     },
   };
 }
@@ -232,6 +240,16 @@ async function withPostgres(url: string, fn: (c: pg.Client) => Promise<unknown>)
     await fn(c);
   } finally {
     await c.end();
+  }
+}
+
+async function dropKeyspace(contactPoint: string, keyspace: string): Promise<void> {
+  const c = new cassandra.Client({ contactPoints: [contactPoint], localDataCenter: "datacenter1" });
+  try {
+    await c.connect();
+    await c.execute(`DROP KEYSPACE IF EXISTS "${keyspace}"`);
+  } finally {
+    await c.shutdown();
   }
 }
 
