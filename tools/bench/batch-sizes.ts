@@ -1,6 +1,7 @@
 /**
  * Batch sizes of a cluster run, from each process's `/metrics` (`parley_batch_size`,
- * lib/telemetry/metrics.ts): how much each hop's fixed cost was shared at that load.
+ * lib/telemetry/metrics.ts): how much each hop's fixed cost was shared at that load; and
+ * the backend calls each kind of process made (`parley_backend_duration_ms_count`).
  * The ops URLs come from the processes' "ops server listening" log lines, so the cluster
  * must run with log level info (`opsUrlCollector().onLine` as its onLine).
  */
@@ -32,17 +33,28 @@ export async function scrapeBatchCounts(urls: Map<string, string>): Promise<Batc
       else e.batches += Number(m[3]);
       out.set(key, e);
     }
+    // Backend calls by operation (`batches` counts them; `items` is unused).
+    for (const m of text.matchAll(/^parley_backend_duration_ms_count\{db_system_name="([^"]+)",db_operation_name="([^"]+)"\} (\d+)$/gm)) {
+      const key = `${proc.replace(/-\d+$/, "")} → ${m[1]}: ${m[2]}`;
+      const e = out.get(key) ?? { items: 0, batches: 0 };
+      e.batches += Number(m[3]);
+      out.set(key, e);
+    }
   }
   return out;
 }
 
-/** Mean items per batch between two scrapes, by process kind and batch name. */
-export function meanBatchSizes(before: BatchCounts, after: BatchCounts): Record<string, { batches: number; meanSize: number }> {
-  const out: Record<string, { batches: number; meanSize: number }> = {};
+/**
+ * Between two scrapes, by process kind: the mean items per batch of each batch name, and
+ * the calls to each backend operation ("router → redis: EVALSHA", with `calls`).
+ */
+export function meanBatchSizes(before: BatchCounts, after: BatchCounts): Record<string, { batches: number; meanSize: number } | { calls: number }> {
+  const out: Record<string, { batches: number; meanSize: number } | { calls: number }> = {};
   for (const [key, a] of [...after].sort(([x], [y]) => x.localeCompare(y))) {
     const b = before.get(key) ?? { items: 0, batches: 0 };
     const batches = a.batches - b.batches;
-    if (batches > 0) out[key] = { batches, meanSize: +((a.items - b.items) / batches).toFixed(1) };
+    if (batches <= 0) continue;
+    out[key] = key.includes(" → ") ? { calls: batches } : { batches, meanSize: +((a.items - b.items) / batches).toFixed(1) };
   }
   return out;
 }
