@@ -499,7 +499,8 @@ function writeNested(w: Writer, plan: MessagePlan, msg: Record<string, unknown>,
 /**
  * `toBinary(schema, message)`, faster (see the file comment). Also takes an init object
  * of the schema (`MessageInitShape`: fields may be absent, nested messages plain
- * objects) and writes what `toBinary(schema, create(schema, init))` would.
+ * objects) and writes what `toBinary(schema, create(schema, init))` would; a message of
+ * another type is converted by create() first.
  */
 export function fastToBinary<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc> | MessageInitShape<Desc>): Uint8Array {
   const buf = encode(schema, message, 0);
@@ -516,6 +517,9 @@ export function fastGrpcFrame<Desc extends DescMessage>(schema: Desc, message: M
 
 /** The encoded message after `prefix` bytes left for the caller. */
 function encode<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc> | MessageInitShape<Desc>, prefix: number): Buffer {
+  // A message of another type is converted field by field, as protobuf-es's create() does.
+  const typeName = (message as { $typeName?: string }).$typeName;
+  if (typeName !== undefined && typeName !== schema.typeName) message = create(schema, message);
   const plan = planOf(schema);
   let size: number | undefined;
   const lengths = new Lengths();

@@ -11,7 +11,6 @@
 import type * as http2 from "node:http2";
 import { constants as h2 } from "node:http2";
 import {
-  create,
   fromBinary,
   type DescMessage,
   type DescMethod,
@@ -41,17 +40,6 @@ const GRPC_OK = 0;
 const GRPC_CONTENT_TYPES = new Set(["application/grpc", "application/grpc+proto"]);
 
 // ---------------------------------------------------------------- framing
-
-/**
- * A message (or an init object of its schema) as one gRPC frame, through the fast encoder
- * (lib/fast-binary.ts: the bytes protobuf-es would write, without building a message
- * first). A message of another type is converted by protobuf-es's create() as before.
- */
-function encodeMessage(schema: DescMessage, value: unknown): Buffer {
-  const v = value as MessageInitShape<DescMessage> & { $typeName?: string };
-  if (v.$typeName !== undefined && v.$typeName !== schema.typeName) return fastGrpcFrame(schema, create(schema, v));
-  return fastGrpcFrame(schema, v);
-}
 
 /** The single message of a unary request or response body, or a ConnectError. */
 function unframe(body: Buffer): Uint8Array | ConnectError {
@@ -253,7 +241,8 @@ export function serveUnary(
     const ctx = new UnaryContext(route, req, controller.signal, deadline);
     runInSpan(span, () => Promise.resolve().then(() => route.impl(input, ctx)))
       .then((out) => {
-        finish(GRPC_OK, undefined, encodeMessage(route.method.output, out));
+        // The fast encoder (lib/fast-binary.ts) takes a message or an init object as it is.
+        finish(GRPC_OK, undefined, fastGrpcFrame(route.method.output, out as MessageInitShape<DescMessage>));
       }, fail);
   });
   return true;
@@ -378,7 +367,7 @@ export function leanGrpcTransport(sessionManager: Http2SessionManager, streaming
       input: MessageInitShape<I>,
     ): Promise<UnaryResponse<I, O>> {
       if (signal?.aborted) throw ConnectError.from(signal.reason, Code.Canceled);
-      const body = encodeMessage(method.input, input);
+      const body = fastGrpcFrame(method.input, input);
       const headers: http2.OutgoingHttpHeaders = { "content-type": "application/grpc+proto", te: "trailers" };
       if (timeoutMs !== undefined && timeoutMs > 0) headers["grpc-timeout"] = `${Math.ceil(timeoutMs)}m`;
       // Tracing (off: undefined, one branch): a client span under the caller's recording span, in the metadata.

@@ -3,11 +3,31 @@
  * lib/telemetry/metrics.ts): how much each hop's fixed cost was shared at that load; and
  * the backend calls each kind of process made (`parley_backend_duration_ms_count`).
  * The ops URLs come from the processes' "ops server listening" log lines, so the cluster
- * must run with log level info (`opsUrlCollector().onLine` as its onLine).
+ * must run with log level info (`benchLogging(true)` sets that up).
  */
 
+/**
+ * The cluster's logging for a bench: at info with `--batches` (for the ops URLs), and every
+ * line on stderr with BENCH_LOGS=1.
+ */
+export function benchLogging(batches: boolean): {
+  urls: Map<string, string>;
+  logLevel: string | undefined;
+  onLine: (proc: string, line: string) => void;
+} {
+  const ops = opsUrlCollector();
+  return {
+    urls: ops.urls,
+    logLevel: batches ? "info" : undefined,
+    onLine(proc, line) {
+      if (batches) ops.onLine(proc, line);
+      if (process.env.BENCH_LOGS) console.error(proc, line.slice(0, 300));
+    },
+  };
+}
+
 /** Remembers each process's ops URL from its log lines. */
-export function opsUrlCollector(): { onLine: (proc: string, line: string) => void; urls: Map<string, string> } {
+function opsUrlCollector(): { onLine: (proc: string, line: string) => void; urls: Map<string, string> } {
   const urls = new Map<string, string>();
   return {
     urls,

@@ -23,7 +23,7 @@ import WebSocket from "ws";
 import { ensureInfra, startCluster, type Cluster } from "../cluster/cluster.js";
 import { FrameClient } from "../e2e/harness.js";
 import { CHEAP_PASSWORD_HASHING, createGroup, mapLimit, signUpMany, type Account } from "../e2e/population.js";
-import { meanBatchSizes, opsUrlCollector, scrapeBatchCounts } from "./batch-sizes.js";
+import { benchLogging, meanBatchSizes, scrapeBatchCounts } from "./batch-sizes.js";
 import { backendPids, benchNodeArgs, cpuBetween, cpuSeconds, percentile, snapshotCpu } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -45,7 +45,7 @@ const WINDOW = Number(values.window);
 const DEADLINE_MS = 600_000;
 /** --batches: also report the mean batch size of each hop (the cluster then logs at info). */
 const BATCHES = values.batches;
-const ops = opsUrlCollector();
+const logging = benchLogging(BATCHES);
 
 interface Run {
   seconds: number;
@@ -187,7 +187,7 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
   const procs = cluster.processes.map((p) => ({ name: p.name, pid: p.child.pid! }));
   const pids = backendPids(ROOT);
   const before = snapshotCpu(procs, pids);
-  const batchesBefore = BATCHES ? await scrapeBatchCounts(ops.urls) : undefined;
+  const batchesBefore = BATCHES ? await scrapeBatchCounts(logging.urls) : undefined;
   const run = await drive(
     online,
     (s, body) => clients[s]!.send({ kind: { case: "send", value: { clientMsgId: randomUUID(), conversationId, body } } }),
@@ -202,7 +202,7 @@ async function benchParley(cluster: Cluster, accounts: Account[], groupSize: num
   );
   const cpu = cpuBetween(before, snapshotCpu(procs, pids));
   console.error(`group of ${groupSize}: server CPU-seconds by process:`, cpu.line);
-  if (batchesBefore) console.error(`group of ${groupSize}: mean batch sizes:`, meanBatchSizes(batchesBefore, await scrapeBatchCounts(ops.urls)));
+  if (batchesBefore) console.error(`group of ${groupSize}: mean batch sizes:`, meanBatchSizes(batchesBefore, await scrapeBatchCounts(logging.urls)));
   await Promise.all(clients.map((c) => c.close()));
   return result("parley cluster (2 gw, 2 routers, 2 stores; Cassandra)", groupSize, online, run, cpu.nodeSeconds, cpu.backendSeconds);
 }
@@ -217,11 +217,8 @@ const cluster = await startCluster({
     ...CHEAP_PASSWORD_HASHING,
   },
   nodeArgs: benchNodeArgs,
-  logLevel: BATCHES ? "info" : undefined,
-  onLine: (proc, line) => {
-    if (BATCHES) ops.onLine(proc, line);
-    if (process.env.BENCH_LOGS) console.error(proc, line.slice(0, 300));
-  },
+  logLevel: logging.logLevel,
+  onLine: logging.onLine,
 });
 try {
   const accounts = await signUpMany(cluster.discovery.list("gateway")[0]!.publicUrl!, Math.max(...SIZES), "bench");

@@ -30,7 +30,7 @@ import WebSocket from "ws";
 import { api, FrameClient } from "../e2e/harness.js";
 import { ensureInfra, startCluster } from "../cluster/cluster.js";
 import { startOtlpCollector, type OtlpCollector } from "../../lib/telemetry/otlp-collector.js";
-import { meanBatchSizes, opsUrlCollector, scrapeBatchCounts } from "./batch-sizes.js";
+import { benchLogging, meanBatchSizes, scrapeBatchCounts } from "./batch-sizes.js";
 import { backendPids, benchNodeArgs, cpuBetween, cpuSeconds, percentile, snapshotCpu } from "./cpu.js";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -182,7 +182,7 @@ function telemetrySetup(mode: TelemetryMode | undefined, collector: OtlpCollecto
 
 async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Promise<Result> {
   const telemetry = telemetrySetup(mode, collector);
-  const ops = opsUrlCollector();
+  const logging = benchLogging(BATCHES);
   const cluster = await startCluster({
     backends: ensureInfra(),
     extraEnv: {
@@ -192,11 +192,8 @@ async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Pro
     },
     // BENCH_NODE_ARGS="--cpu-prof" BENCH_NODE_KIND=messagestore,router: flags for those kinds only.
     nodeArgs: (kind) => [...telemetry.nodeArgs, ...benchNodeArgs(kind)],
-    logLevel: BATCHES ? "info" : undefined,
-    onLine: (proc, line) => {
-      if (BATCHES) ops.onLine(proc, line);
-      if (process.env.BENCH_LOGS) console.error(proc, line.slice(0, 300));
-    },
+    logLevel: logging.logLevel,
+    onLine: logging.onLine,
   });
   try {
     const [g1, g2] = cluster.discovery.list("gateway");
@@ -234,11 +231,11 @@ async function benchParley(mode?: TelemetryMode, collector?: OtlpCollector): Pro
     const procs = cluster.processes.map((p) => ({ name: p.name, pid: p.child.pid! }));
     const pids = backendPids(ROOT);
     const before = snapshotCpu(procs, pids);
-    const batchesBefore = BATCHES ? await scrapeBatchCounts(ops.urls) : undefined;
+    const batchesBefore = BATCHES ? await scrapeBatchCounts(logging.urls) : undefined;
     const { seconds, latencies } = await drive(senders, onReceive);
     const cpu = cpuBetween(before, snapshotCpu(procs, pids));
     console.error("server CPU-seconds by process:", cpu.line);
-    if (batchesBefore) console.error("mean batch sizes:", meanBatchSizes(batchesBefore, await scrapeBatchCounts(ops.urls)));
+    if (batchesBefore) console.error("mean batch sizes:", meanBatchSizes(batchesBefore, await scrapeBatchCounts(logging.urls)));
     for (const p of pairs) {
       const errors = p.sender.frames.filter((f) => f.kind.case === "error");
       if (errors.length > 0) throw new Error(`send errors: ${errors.length}`);

@@ -361,12 +361,12 @@ export class GatewayCore {
     this.stats.typingForwarded++;
     const frame = fastToBinary(
       ServerFrameSchema,
-      serverFrame({
+      {
         kind: {
           case: "typing",
           value: { conversationId: t.conversationId, userId, deviceId, stopped: t.stopped, expiresInMs: TYPING_EXPIRES_MS },
         },
-      }),
+      },
     );
     this.deps
       .sendEphemeral({ senderId: userId, senderDeviceId: deviceId, conversationId: t.conversationId, serverFrame: frame })

@@ -1,4 +1,3 @@
-import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
 import { ConversationKind, type CursorMove, type GroupsService } from "../../../gen/parley/groups/v1/groups_service_pb.js";
@@ -104,7 +103,7 @@ export class ReceiptQueue {
     if (targets.size === 0) return;
     const frame = fastToBinary(
       ServerFrameSchema,
-      create(ServerFrameSchema, {
+      {
         kind: {
           case: "receipt",
           value: {
@@ -115,7 +114,7 @@ export class ReceiptQueue {
             readSeq: readMoved ? m.readTo : 0n,
           },
         },
-      }),
+      },
     );
     await send({ senderId: m.userId, senderDeviceId: m.deviceId, conversationId: m.conversationId, serverFrame: frame, userIds: [...targets] });
   }

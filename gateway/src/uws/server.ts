@@ -121,7 +121,7 @@ export async function startPublicServer(
     closeOnBackpressureLimit: 1,
 
     // The upgrade completes synchronously, in this handler, and the token is checked with
-    // the session service after it (see `authenticated` below): uWebSockets.js before
+    // the session service after it (in `open` below): uWebSockets.js before
     // v20.79 can close a socket upgraded asynchronously inside res.cork() right after its
     // open handler (uNetworking/uWebSockets#1929: the poll is reallocated in place and
     // the cork's connection-close check reads the new WebSocket's memory as the old

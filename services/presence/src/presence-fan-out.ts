@@ -1,4 +1,3 @@
-import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import { PresenceState as FrameState, ServerFrameSchema } from "../../../gen/parley/client/v1/frames_pb.js";
@@ -20,7 +19,7 @@ const FRAME_STATE = { online: FrameState.ONLINE, away: FrameState.AWAY, offline:
 export function presenceFrame(p: Presence): Uint8Array {
   return fastToBinary(
     ServerFrameSchema,
-    create(ServerFrameSchema, {
+    {
       kind: {
         case: "presence",
         value: {
@@ -29,7 +28,7 @@ export function presenceFrame(p: Presence): Uint8Array {
           lastSeenAt: p.state === "offline" && p.lastSeenMs > 0 ? timestampFromMs(p.lastSeenMs) : undefined,
         },
       },
-    }),
+    },
   );
 }
 
